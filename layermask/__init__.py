@@ -1,0 +1,23 @@
+"""layermask: LIME explanations for image CNNs with layer masking (Balasubramanian & Feizi, ICCV 2023)."""
+
+from layermask.errors import UnsupportedLayerError
+from layermask.maskers import MASKING_STRATEGIES, Masker, get_masker
+from layermask.models import DEFAULT_MODEL, LoadedModel, list_models, load_model, register_model
+from layermask.preprocessing import Preprocessing
+from layermask.transform import LayerMaskedModel, layer_mask
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MASKING_STRATEGIES",
+    "LayerMaskedModel",
+    "LoadedModel",
+    "Masker",
+    "Preprocessing",
+    "UnsupportedLayerError",
+    "get_masker",
+    "layer_mask",
+    "list_models",
+    "load_model",
+    "register_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from layermask.cli import main
+
+sys.exit(main())

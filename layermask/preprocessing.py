@@ -1,0 +1,62 @@
+"""Turning a photo (PIL image or ndarray) into a normalised model input tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageLike = Image.Image | np.ndarray
+
+
+def to_rgb_image(image: ImageLike) -> Image.Image:
+    """Return ``image`` as an RGB PIL image; ndarrays may be H×W, H×W×3 or H×W×4, uint8 or float in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
+    array = image
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise ValueError("image array contains NaN or Inf values")
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, scale to [0, 1], normalise."""
+
+    input_size: tuple[int, int] = (224, 224)
+    resize_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR
+
+    def crop(self, image: ImageLike) -> Image.Image:
+        """The RGB image the model sees, before normalisation (what masks and heatmaps are drawn on)."""
+        resized = TF.resize(to_rgb_image(image), self.resize_size, interpolation=self.interpolation)
+        return TF.center_crop(resized, list(self.input_size))
+
+    def normalise(self, image: Image.Image) -> torch.Tensor:
+        return TF.normalize(TF.to_tensor(image), list(self.mean), list(self.std))
+
+    def __call__(self, image: ImageLike) -> torch.Tensor:
+        """A 3×H×W float tensor at the model's input size."""
+        return self.normalise(self.crop(image))
+
+    def denormalise(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Inverse of the normalisation, for display: values in [0, 1]."""
+        mean = torch.tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
+        return (tensor * std + mean).clamp(0.0, 1.0)

@@ -1,0 +1,142 @@
+"""Conversion-time behaviour of layer_mask: refusals, errors, and mask work done once per forward."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import layermask
+from layermask import masked_ops
+from tests.conftest import converted, images_and_masks
+
+
+class UpsamplingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.decoder = nn.Sequential(nn.ReLU(), nn.Upsample(scale_factor=2))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.decoder(self.stem(x))
+        return self.head(x.mean((2, 3)))
+
+
+class Refine(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=0.5)
+
+
+class FunctionalInterpolateNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.refine = Refine()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.refine(self.stem(x)).flatten(1)
+
+
+class GlobalThenUpsampleNet(nn.Module):
+    """Upsampling a non-spatial (globally pooled) tensor is fine: no mask reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.pool(self.stem(x))).flatten(1)
+
+
+def test_unsupported_module_names_op_path_and_node() -> None:
+    with pytest.raises(layermask.UnsupportedLayerError) as caught:
+        layermask.layer_mask(UpsamplingNet().eval())
+    error = caught.value
+    assert error.op == "torch.nn.modules.upsampling.Upsample"
+    assert error.module_path == "decoder.1"
+    assert error.node == "decoder_1"
+    assert "Upsample" in str(error) and "decoder.1" in str(error) and "decoder_1" in str(error)
+
+
+def test_unsupported_function_names_enclosing_module() -> None:
+    with pytest.raises(layermask.UnsupportedLayerError) as caught:
+        layermask.layer_mask(FunctionalInterpolateNet().eval())
+    assert caught.value.op == "torch.nn.functional.interpolate"
+    assert caught.value.module_path == "refine"
+    assert caught.value.node == "interpolate"
+
+
+def test_unsupported_op_on_non_spatial_tensor_is_fine() -> None:
+    model = GlobalThenUpsampleNet().eval()
+    masked = layermask.layer_mask(model)
+    images, masks = images_and_masks(2, size=32)
+    with torch.inference_mode():
+        assert masked(images, torch.ones_like(masks)).shape == model(images).shape
+
+
+def test_training_mode_is_refused_at_conversion() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train())
+
+
+def test_converted_model_refuses_training_mode() -> None:
+    masked = layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval())
+    masked.train()
+    images, masks = images_and_masks(1, size=32)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        masked(images, masks)
+
+
+def _calls(graph: torch.fx.Graph, target: object) -> list[torch.fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target is target]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0", "densenet121"])
+def test_mask_work_is_emitted_once_per_forward(name: str) -> None:
+    graph = converted(name).graph_module.graph
+    mask_functions = [masked_ops.mask_fill_step, masked_ops.mask_max_pool, masked_ops.mask_product,
+                      masked_ops.mask_avg_pool, masked_ops.mask_adaptive_avg_pool]
+    for fn in mask_functions:
+        signatures = collections.Counter(repr(n.args) for n in _calls(graph, fn))
+        assert all(count == 1 for count in signatures.values()), f"{fn.__name__} computed twice: {signatures}"
+    fill_steps = len(_calls(graph, masked_ops.mask_fill_step))
+    per_layer = sum(len(n.args[1]) for n in _calls(graph, masked_ops.masked_conv2d))
+    # Layers at one resolution share one chain of fill steps instead of each growing its own.
+    assert 0 < fill_steps <= per_layer / 2
+
+
+class ThreeBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 5, padding=2)
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.a(x) + self.b(x) + self.c(x)).mean((2, 3))
+
+
+def test_fill_steps_run_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = layermask.layer_mask(ThreeBranches().eval())
+    calls = 0
+    original = masked_ops.mask_fill_step
+
+    def counting(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        return original(mask)
+
+    graph_globals = model.graph_module.forward.__globals__
+    name = next(k for k, v in graph_globals.items() if v is original)
+    monkeypatch.setitem(graph_globals, name, counting)
+    images, masks = images_and_masks(1, size=32)
+    with torch.inference_mode():
+        model(images, masks)
+    # Two 3×3 convs and a 5×5 conv on the same mask: 4 fill steps in all, not 2 + 4 + 2.
+    assert calls == 4
