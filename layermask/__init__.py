@@ -1,6 +1,8 @@
 """layermask: LIME explanations for image CNNs with layer masking (Balasubramanian & Feizi, ICCV 2023)."""
 
 from layermask.errors import UnsupportedLayerError
+from layermask.explanation import ClassScore, Explanation, LabelExplanation
+from layermask.lime import explain
 from layermask.maskers import MASKING_STRATEGIES, Masker, get_masker
 from layermask.models import DEFAULT_MODEL, LoadedModel, list_models, load_model, register_model
 from layermask.preprocessing import Preprocessing
@@ -9,11 +11,15 @@ from layermask.transform import LayerMaskedModel, layer_mask
 __all__ = [
     "DEFAULT_MODEL",
     "MASKING_STRATEGIES",
+    "ClassScore",
+    "Explanation",
+    "LabelExplanation",
     "LayerMaskedModel",
     "LoadedModel",
     "Masker",
     "Preprocessing",
     "UnsupportedLayerError",
+    "explain",
     "get_masker",
     "layer_mask",
     "list_models",

@@ -22,7 +22,7 @@ from layermask import op_rules as rules
 from layermask.errors import UnsupportedLayerError
 from layermask.mask_plan import MaskPlan
 
-_FOLDED = "_layermask_folded"
+_CONSTANTS = "_layermask_constants"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class GraphRules:
         self.traced = traced
         self.modules = dict(traced.named_modules())
         self.graph = fx.Graph()
-        self.plan = MaskPlan(self.graph)
+        self.plan = MaskPlan(self.graph, self._ones_kernel)
         # The new graph addresses the original's submodules and attributes by their original paths.
         self.root = nn.Module()
         for name, child in model.named_children():
@@ -52,9 +52,10 @@ class GraphRules:
             self.root.register_parameter(name, param)
         for name, buffer in model.named_buffers(recurse=False):
             self.root.register_buffer(name, buffer)
-        self.root.add_module(_FOLDED, nn.Module())
+        self.root.add_module(_CONSTANTS, nn.Module())
         self.env: dict[fx.Node, Any] = {}
         self.aliases: dict[fx.Node, fx.Node] = {}
+        self.constant_nodes: dict[str, fx.Node] = {}
         self.in_channels: int | None = None
 
 
@@ -159,9 +160,10 @@ class GraphRules:
             weight_node, bias_node = folded
         iterations = max(dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
         coefficients = self.plan.fill_coefficients(x.mask, iterations)
+        ones = self._ones_kernel(int(weight.shape[1]) * int(groups)) if iterations else None
         out_mask = self.plan.window(x.mask, kernel, stride, padding, dilation, False, pre_pad)
-        y = self.graph.call_function(ops.masked_conv2d, (x.value, coefficients, out_mask, weight_node, bias_node,
-                                                         stride, padding, dilation, groups, pre_pad))
+        y = self.graph.call_function(ops.masked_conv2d, (x.value, coefficients, ones, out_mask, weight_node,
+                                                         bias_node, stride, padding, dilation, groups, pre_pad))
         return Spatial(y, out_mask)
 
     def _string_padding(self, node: fx.Node, padding: str, kernel: tuple[int, int], stride: tuple[int, int],
@@ -193,12 +195,20 @@ class GraphRules:
                                                 bn.running_mean, bn.running_var, bn.eps,
                                                 None if bn.weight is None else bn.weight.detach(),
                                                 None if bn.bias is None else bn.bias.detach())
-        holder = getattr(self.root, _FOLDED)
-        name = f"conv{len(holder._buffers) // 2}"
-        holder.register_buffer(f"{name}_weight", fused_w.detach())
-        holder.register_buffer(f"{name}_bias", fused_b.detach())
         self.aliases[user] = node
-        return self.graph.get_attr(f"{_FOLDED}.{name}_weight"), self.graph.get_attr(f"{_FOLDED}.{name}_bias")
+        name = str(node.target if node.op == "call_module" else node.name).replace(".", "_")
+        return self._owned(f"{name}_folded_weight", fused_w), self._owned(f"{name}_folded_bias", fused_b)
+
+    def _owned(self, name: str, value: torch.Tensor) -> fx.Node:
+        """A tensor the converted graph owns (folded weights, fill kernels), as a ``get_attr`` node."""
+        holder = getattr(self.root, _CONSTANTS)
+        if name not in self.constant_nodes:
+            holder.register_buffer(name, value.detach())
+            self.constant_nodes[name] = self.graph.get_attr(f"{_CONSTANTS}.{name}")
+        return self.constant_nodes[name]
+
+    def _ones_kernel(self, channels: int) -> fx.Node:
+        return self._owned(f"ones_{channels}x3x3", torch.ones(channels, 1, 3, 3))
 
     def _max_pool(self, x: Spatial, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                   ceil_mode: bool) -> Spatial:

@@ -12,6 +12,7 @@ most LIME implementations do:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -103,3 +104,14 @@ def get_masker(
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
         return FillMasker(network, _gaussian_blur(blur_sigma))
     raise ValueError(f"unknown masking strategy {name!r}; choose one of {', '.join(MASKING_STRATEGIES)}")
+
+
+_MASKERS: weakref.WeakKeyDictionary[nn.Module, dict[str, Masker]] = weakref.WeakKeyDictionary()
+
+
+def cached_masker(name: str, model: LoadedModel) -> Masker:
+    """:func:`get_masker` for a loaded model, converted once per network and strategy."""
+    per_network = _MASKERS.setdefault(model.network, {})
+    if name not in per_network:
+        per_network[name] = get_masker(name, model)
+    return per_network[name]

@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from layermask import masked_ops as ops
 from layermask import op_rules as rules
 from layermask.graph_rules import GraphRules, Spatial
 from layermask.masked_model import LayerMaskedModel
@@ -55,7 +56,7 @@ class _Converter(GraphRules):
                 if seen_input:
                     raise ValueError(f"layer_mask supports models with one image input; found another: {node.name!r}")
                 seen_input = True
-                self.env[node] = Spatial(self.graph.call_function(torch.mul, (images, masks)), masks)
+                self.env[node] = Spatial(self.graph.call_function(ops.masked_input, (images, masks)), masks)
             elif node.op == "output":
                 self.graph.output(self._plain(self._map(node.args[0]), node))
             elif node.op == "get_attr":

@@ -9,7 +9,8 @@ def check_images_and_masks(images: torch.Tensor, masks: torch.Tensor, channels: 
     """Raise ``ValueError`` naming the problem if ``images``/``masks`` are not a valid masked batch.
 
     ``images`` must be a finite float tensor N×C×H×W (C == ``channels`` when given) and ``masks``
-    an N×1×H×W tensor holding only 0 (hidden) and 1 (visible).
+    an N×1×H×W tensor holding only 0 (hidden) and 1 (visible). A single image (1×C×H×W) may be
+    paired with any number of masks: it is broadcast, never copied.
     """
     if not isinstance(images, torch.Tensor) or not isinstance(masks, torch.Tensor):
         raise ValueError("images and masks must both be torch tensors")
@@ -20,7 +21,9 @@ def check_images_and_masks(images: torch.Tensor, masks: torch.Tensor, channels: 
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"images must have {channels} channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     n, _, h, w = images.shape
-    if tuple(masks.shape) != (n, 1, h, w):
+    if n == 1 and masks.dim() == 4:
+        n = masks.shape[0]
+    if tuple(masks.shape) != (n, 1, h, w) or n == 0:
         raise ValueError(
             f"mask shape {tuple(masks.shape)} does not match the images: expected {(n, 1, h, w)} (N×1×H×W)"
         )

@@ -22,10 +22,10 @@ def test_fill_matches_the_spec_formula() -> None:
     for iterations in (1, 2, 4):
         coefficients, grown = [], m
         for _ in range(iterations):
-            coefficient, grown = masked_ops.mask_fill_step(grown)
+            coefficient, grown = masked_ops.mask_fill_step(grown, torch.ones(1, 1, 3, 3))
             coefficients.append(coefficient)
         expected = literal_fill(a, m, iterations)
-        assert torch.allclose(masked_ops.neighbour_fill(a, coefficients), expected, atol=1e-5)
+        assert torch.allclose(masked_ops.neighbour_fill(a, coefficients, torch.ones(3, 1, 3, 3)), expected, atol=1e-5)
 
 
 def test_fill_sets_frontier_to_mean_of_known_neighbours_and_keeps_known_pixels() -> None:
@@ -33,8 +33,8 @@ def test_fill_sets_frontier_to_mean_of_known_neighbours_and_keeps_known_pixels()
     m = torch.zeros(1, 1, 3, 3)
     a[0, 0, 0, 0], m[0, 0, 0, 0] = 2.0, 1.0
     a[0, 0, 0, 2], m[0, 0, 0, 2] = 4.0, 1.0
-    coefficient, _ = masked_ops.mask_fill_step(m)
-    out = masked_ops.neighbour_fill(a, [coefficient])
+    coefficient, _ = masked_ops.mask_fill_step(m, torch.ones(1, 1, 3, 3))
+    out = masked_ops.neighbour_fill(a, [coefficient], torch.ones(1, 1, 3, 3))
     assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 0, 2] == 4.0  # known pixels never change
     assert torch.isclose(out[0, 0, 0, 1], torch.tensor(3.0), atol=1e-4)  # touches both: their mean
     assert torch.isclose(out[0, 0, 1, 0], torch.tensor(2.0), atol=1e-4)  # touches only the 2
