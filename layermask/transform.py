@@ -19,19 +19,23 @@ from torch import nn
 
 from layermask import masked_ops as ops
 from layermask import op_rules as rules
+from layermask.fill_pruning import prune_fill_iterations
 from layermask.graph_rules import GraphRules, Spatial
 from layermask.masked_model import LayerMaskedModel
 
 __all__ = ["LayerMaskedModel", "layer_mask"]
 
 
-def layer_mask(model: nn.Module) -> LayerMaskedModel:
+def layer_mask(model: nn.Module, *, prune_fill: bool = True) -> LayerMaskedModel:
     """Convert ``model`` (an eval-mode, ``torch.fx``-traceable CNN) into its layer-masked version.
 
     The result shares parameters with ``model``; batch-norm layers that directly follow a
     convolution are folded into it. Raises :class:`~layermask.UnsupportedLayerError` if an operation
     on a spatial activation has no layer-masking rule, and ``ValueError`` for a model in training
     mode.
+
+    ``prune_fill`` drops neighbour-fill iterations whose results a later mask discards
+    (:mod:`layermask.fill_pruning`); the outputs are the same either way.
     """
     if model.training:
         raise ValueError(
@@ -39,13 +43,13 @@ def layer_mask(model: nn.Module) -> LayerMaskedModel:
             "must be off); call model.eval() before converting"
         )
     traced = fx.symbolic_trace(model)
-    return _Converter(model, traced).convert()
+    return _Converter(model, traced).convert(prune_fill)
 
 
 
 class _Converter(GraphRules):
     # ----------------------------------------------------------------- driver
-    def convert(self) -> LayerMaskedModel:
+    def convert(self, prune_fill: bool) -> LayerMaskedModel:
         images = self.graph.placeholder("images")
         masks = self.graph.placeholder("masks")
         seen_input = False
@@ -68,6 +72,8 @@ class _Converter(GraphRules):
         graph_module = fx.GraphModule(self.root, self.graph, class_name="LayerMaskedGraph")
         graph_module.graph.eliminate_dead_code()
         graph_module.recompile()
+        if prune_fill:
+            prune_fill_iterations(graph_module)
         return LayerMaskedModel(graph_module, self.in_channels)
 
     def _copy_arg(self, node: fx.Node) -> Any:

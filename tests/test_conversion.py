@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import operator
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 import layermask
 from layermask import masked_ops
-from tests.conftest import converted, images_and_masks
+from tests.conftest import ALL_ARCHITECTURES, converted, images_and_masks, seeded_network
 
 
 class UpsamplingNet(nn.Module):
@@ -97,7 +98,15 @@ def _calls(graph: torch.fx.Graph, target: object) -> list[torch.fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and n.target is target]
 
 
-@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0", "densenet121"])
+def _fill_chain_start(coefficient: torch.fx.Node) -> torch.fx.Node:
+    """The mask a chain of fill steps starts from (``coefficient`` is ``getitem(mask_fill_step(m, k), 0)``)."""
+    mask = coefficient.args[0].args[0]
+    while mask.target is operator.getitem and mask.args[0].target is masked_ops.mask_fill_step:
+        mask = mask.args[0].args[0]
+    return mask
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0", "densenet121", "mobilenet_v3_large"])
 def test_mask_work_is_emitted_once_per_forward(name: str) -> None:
     graph = converted(name).graph_module.graph
     mask_functions = [masked_ops.mask_fill_step, masked_ops.mask_max_pool, masked_ops.mask_product,
@@ -105,10 +114,36 @@ def test_mask_work_is_emitted_once_per_forward(name: str) -> None:
     for fn in mask_functions:
         signatures = collections.Counter(repr(n.args) for n in _calls(graph, fn))
         assert all(count == 1 for count in signatures.values()), f"{fn.__name__} computed twice: {signatures}"
-    fill_steps = len(_calls(graph, masked_ops.mask_fill_step))
-    per_layer = sum(len(n.args[1]) for n in _calls(graph, masked_ops.masked_conv2d))
-    # Layers at one resolution share one chain of fill steps instead of each growing its own.
-    assert 0 < fill_steps <= per_layer / 2
+    # Each fill chain is as long as the longest fill that uses it, and no longer: convs at the
+    # same resolution share one chain of grown masks and coefficients.
+    longest: dict[torch.fx.Node, int] = collections.defaultdict(int)
+    convs = [n for n in _calls(graph, masked_ops.masked_conv2d) if n.args[1]]
+    for conv in convs:
+        start = _fill_chain_start(conv.args[1][0])
+        longest[start] = max(longest[start], len(conv.args[1]))
+    assert len(_calls(graph, masked_ops.mask_fill_step)) == sum(longest.values())
+    assert len(longest) < len(convs)
+
+
+@pytest.mark.parametrize("name", ALL_ARCHITECTURES)
+@torch.inference_mode()
+def test_fill_pruning_changes_no_output(name: str) -> None:
+    images, masks = images_and_masks(3, seed=11)
+    pruned = converted(name)(images, masks)
+    full = layermask.layer_mask(seeded_network(name), prune_fill=False)(images, masks)
+    assert (pruned - full).abs().max().item() <= 1e-5 * full.abs().max().item()
+
+
+def _fills(model: layermask.LayerMaskedModel) -> list[int]:
+    return [len(n.args[1]) for n in _calls(model.graph_module.graph, masked_ops.masked_conv2d) if n.args[1]]
+
+
+def test_fill_pruning_applies_only_where_outputs_are_discarded() -> None:
+    # ResNet-18: a BasicBlock's second 3×3 conv feeds the residual sum, its first feeds a conv.
+    assert _fills(converted("resnet18"))[1:5] == [2, 1, 2, 1]
+    # EfficientNet-B0's squeeze-excitation pools every position, so nothing may be dropped.
+    unpruned = layermask.layer_mask(seeded_network("efficientnet_b0"), prune_fill=False)
+    assert _fills(converted("efficientnet_b0")) == _fills(unpruned)
 
 
 class ThreeBranches(nn.Module):
