@@ -1,44 +1,44 @@
-"""The ``layermask`` command line."""
+"""The ``layermask`` command line of the core library (``explain`` and ``demo``).
+
+The installed ``layermask`` command adds the service's commands to these
+(``layermask_service.cli``); ``python -m layermask`` runs the core alone.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from layermask.cli_explain import add_explain_command, run_explain
 from layermask.models import DEFAULT_MODEL
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line and exit status 2, like every other CLI error."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="layermask", description="Layer-masked LIME explanations for image CNNs.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def build_parser_with_commands() -> tuple[argparse.ArgumentParser, Any]:
+    """The parser and its subcommand collection, for callers that add commands of their own."""
+    parser = Parser(prog="layermask", description="Layer-masked LIME explanations for image CNNs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_explain_command(commands)
     demo = commands.add_parser("demo", help="hide half of a photo and compare masking strategies")
     demo.add_argument("--model", default=DEFAULT_MODEL)
     demo.add_argument("-o", "--output", type=Path, default=Path("demo.png"))
     demo.add_argument("--seed", type=int, default=0)
-    return parser
+    return parser, commands
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def guarded(command: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a command; expected failures become one line on stderr and exit status 2, never a traceback."""
     try:
-        if args.command == "explain":
-            run_explain(args)
-        elif args.command == "demo":
-            from layermask.demo import run_demo
-
-            run_demo(args.model, args.output, args.seed)
+        command(args)
     except (ValueError, KeyError, FileNotFoundError, OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"layermask: error: {message}", file=sys.stderr)
@@ -47,6 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("layermask: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from layermask.demo import run_demo
+
+    run_demo(args.model, args.output, args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    return guarded(run_explain if args.command == "explain" else _run_demo, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser_with_commands()
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from layermask.rendering import render_overlay
 
@@ -80,12 +81,16 @@ class Explanation:
         order = np.argsort(-weights, kind="stable")[:k]
         return [(int(s), float(weights[s])) for s in order]
 
-    def save_png(self, path: str | os.PathLike[str], label: int | None = None, top_k: int = 5,
-                 alpha: float = 0.55) -> None:
-        """Write the image overlaid with the heatmap (diverging colours), segment boundaries and
-        the ``top_k`` segments outlined."""
+    def overlay(self, label: int | None = None, top_k: int = 5, alpha: float = 0.55) -> Image.Image:
+        """The image overlaid with the heatmap (diverging colours), segment boundaries and the
+        ``top_k`` positive segments outlined."""
         top = [s for s, w in self.top_segments(label, top_k) if w > 0]
-        render_overlay(self.image, self.heatmap(label), self.segments, top, alpha).save(path, format="PNG")
+        return render_overlay(self.image, self.heatmap(label), self.segments, top, alpha)
+
+    def save_png(self, path: str | os.PathLike[str] | BinaryIO, label: int | None = None, top_k: int = 5,
+                 alpha: float = 0.55) -> None:
+        """Write :meth:`overlay` as a PNG file."""
+        self.overlay(label, top_k, alpha).save(path, format="PNG")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary of everything except the image pixels."""

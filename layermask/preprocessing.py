@@ -48,6 +48,12 @@ class Preprocessing:
         resized = TF.resize(to_rgb_image(image), self.resize_size, interpolation=self.interpolation)
         return TF.center_crop(resized, list(self.input_size))
 
+    def crop_label_map(self, labels: np.ndarray) -> np.ndarray:
+        """An integer label map drawn on the original image, resized (nearest) and cropped like it."""
+        resized = TF.resize(Image.fromarray(labels.astype(np.int32)), self.resize_size,
+                            interpolation=TF.InterpolationMode.NEAREST)
+        return np.asarray(TF.center_crop(resized, list(self.input_size))).astype(np.int32)
+
     def normalise(self, image: Image.Image) -> torch.Tensor:
         return TF.normalize(TF.to_tensor(image), list(self.mean), list(self.std))
 

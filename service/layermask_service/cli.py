@@ -1,0 +1,102 @@
+"""The installed ``layermask`` command: the core's commands plus ``serve`` and ``client``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from layermask import cli as core_cli
+from layermask.maskers import MASKING_STRATEGIES
+
+
+def add_commands(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the gRPC ExplainService")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--metrics-host")
+    serve.add_argument("--metrics-port", type=int)
+    serve.add_argument("--models", help="comma-separated model names (the first is the default)")
+    serve.add_argument("--max-concurrent", type=int)
+    serve.add_argument("--max-queue", type=int)
+    serve.add_argument("--grace-seconds", type=float)
+
+    client = commands.add_parser("client", help="call a running ExplainService")
+    actions = client.add_subparsers(dest="client_command", required=True, parser_class=core_cli.Parser)
+    explain = actions.add_parser("explain", help="explain an image through the service")
+    explain.add_argument("image", type=Path)
+    explain.add_argument("--target", default="localhost:50051", help="HOST:PORT of the service")
+    explain.add_argument("--model", default="")
+    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default="layer")
+    explain.add_argument("--segmentation", default="quickshift", metavar="METHOD[:k=v,...]")
+    explain.add_argument("--samples", type=int)
+    explain.add_argument("--seed", type=int)
+    labels = explain.add_mutually_exclusive_group()
+    labels.add_argument("--label", type=int, action="append")
+    labels.add_argument("--top-labels", type=int)
+    explain.add_argument("--timeout", type=float, help="deadline in seconds")
+    explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
+    explain.add_argument("--json", type=Path, help="also write the response as JSON")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from layermask_service.server import run
+    from layermask_service.settings import load_settings
+
+    overrides = {"host": args.host, "port": args.port, "metrics_host": args.metrics_host,
+                 "metrics_port": args.metrics_port, "models": args.models, "max_concurrent": args.max_concurrent,
+                 "max_queue": args.max_queue, "grace_seconds": args.grace_seconds}
+    settings = load_settings(args.config, overrides=overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(settings))
+
+
+def run_client_explain(args: argparse.Namespace) -> None:
+    import grpc
+    from google.protobuf import json_format
+
+    from layermask.cli_explain import ProgressBar, parse_segmentation
+    from layermask_service.client import ExplainClient, explain_request
+    from layermask_service.proto import explain_pb2 as pb
+
+    if not args.image.is_file():
+        raise FileNotFoundError(f"image file not found: {args.image}")
+    method, params = parse_segmentation(args.segmentation)
+    request = explain_request(args.image.read_bytes(), model=args.model, masking=args.masking, segmentation=method,
+                              segmentation_params=params, num_samples=args.samples, seed=args.seed,
+                              labels=args.label, top_labels=args.top_labels,
+                              heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY)
+    try:
+        with ExplainClient(args.target, timeout=args.timeout) as client:
+            response = client.explain_stream(request, ProgressBar())
+    except grpc.RpcError as error:
+        raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+    for prediction in response.top_predictions:
+        print(f"  {prediction.label:4d} {prediction.name:<30} {prediction.probability:7.2%}")
+    for explanation in response.explanations:
+        print(f"label {explanation.label} ({explanation.name}): R² {explanation.score:.3f}")
+    args.output.write_bytes(response.heatmaps[0].data)
+    print(f"wrote {args.output}")
+    if args.json is not None:
+        args.json.write_text(json_format.MessageToJson(response))
+        print(f"wrote {args.json}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, commands = core_cli.build_parser_with_commands()
+    add_commands(commands)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return core_cli.guarded(run_serve, args)
+    if args.command == "client":
+        return core_cli.guarded(run_client_explain, args)
+    return core_cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

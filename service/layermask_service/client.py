@@ -1,0 +1,86 @@
+"""A small Python client for ``layermask.v1.ExplainService``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from layermask_service.proto import explain_pb2 as pb
+from layermask_service.proto import explain_pb2_grpc as pb_grpc
+from layermask_service.translate import MASKING_ENUMS
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_SEGMENTATION_MESSAGES: dict[str, Any] = {"quickshift": pb.Quickshift, "slic": pb.Slic, "felzenszwalb": pb.Felzenszwalb,
+                          "grid": pb.Grid}
+
+
+def segmentation_message(method: str = "quickshift", params: Mapping[str, Any] | None = None) -> pb.Segmentation:
+    """``("slic", {"n_segments": 50})`` → ``Segmentation(slic=Slic(n_segments=50))``."""
+    if method not in _SEGMENTATION_MESSAGES:
+        raise ValueError(f"unknown segmentation {method!r}; choose one of {', '.join(_SEGMENTATION_MESSAGES)}")
+    kind = _SEGMENTATION_MESSAGES[method]
+    fields = {f.name: f for f in kind.DESCRIPTOR.fields}
+    converted = {}
+    for key, value in (params or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown {method} parameter {key!r}; known: {', '.join(fields)}")
+        converted[key] = int(value) if fields[key].type == fields[key].TYPE_INT32 else float(value)
+    return pb.Segmentation(**{method: kind(**converted)})
+
+
+def explain_request(image: bytes, *, model: str = "", masking: str = "layer", segmentation: str = "quickshift",
+                    segmentation_params: Mapping[str, Any] | None = None, num_samples: int | None = None,
+                    keep_probability: float | None = None, kernel_width: float | None = None,
+                    seed: int | None = None, labels: Sequence[int] | None = None, top_labels: int | None = None,
+                    heatmap_format: Any = pb.HEATMAP_FORMAT_NONE) -> pb.ExplainRequest:
+    if masking not in MASKING_ENUMS:
+        raise ValueError(f"unknown masking strategy {masking!r}; choose one of {', '.join(MASKING_ENUMS)}")
+    optional: dict[str, Any] = {"num_samples": num_samples, "keep_probability": keep_probability,
+                                "kernel_width": kernel_width, "seed": seed, "top_labels": top_labels}
+    return pb.ExplainRequest(model=model, image=image, masking=MASKING_ENUMS[masking],
+                             segmentation=segmentation_message(segmentation, segmentation_params),
+                             labels=list(labels or []), heatmap_format=heatmap_format,
+                             **{k: v for k, v in optional.items() if v is not None})
+
+
+class ExplainClient:
+    """Blocking client. ``timeout`` (seconds) becomes each call's gRPC deadline."""
+
+    def __init__(self, target: str, timeout: float | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", max_message_bytes),
+                                                              ("grpc.max_send_message_length", max_message_bytes)])
+        self.stub = pb_grpc.ExplainServiceStub(self.channel)
+        self.timeout = timeout
+
+    def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
+        return self.stub.Explain(request, timeout=self.timeout)
+
+    def explain_stream(self, request: pb.ExplainRequest,
+                       progress: Callable[[int, int], None] | None = None) -> pb.ExplainResponse:
+        """Explain with progress events; returns the final result."""
+        for event in self.stub.ExplainStream(request, timeout=self.timeout):
+            if event.HasField("progress") and progress is not None:
+                progress(event.progress.done, event.progress.total)
+            elif event.HasField("result"):
+                return event.result
+        raise RuntimeError("the stream ended without a result")
+
+    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        return self.stub.Predict(request, timeout=self.timeout)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ExplainClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Assembling and running the gRPC server: servicer, health, reflection, metrics, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from layermask_service.backend import EmbeddedBackend
+from layermask_service.metrics import Metrics
+from layermask_service.proto import explain_pb2 as pb
+from layermask_service.proto import explain_pb2_grpc as pb_grpc
+from layermask_service.servicer import ExplainServicer
+from layermask_service.settings import Settings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
+log = logging.getLogger("layermask.server")
+
+
+class ExplainServer:
+    """One server: call :meth:`start`, then :meth:`stop`. Ports 0 pick free ports (see :attr:`port`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.backend = EmbeddedBackend(settings, self.metrics)
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrent + 1, thread_name_prefix="compute")
+        self.health = health.aio.HealthServicer()
+        limit = settings.max_message_bytes
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                               ("grpc.max_send_message_length", limit)])
+        pb_grpc.add_ExplainServiceServicer_to_server(
+            ExplainServicer(self.backend, settings, self.metrics, self.executor), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http: Any = None
+        self._loading: asyncio.Future[None] | None = None
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listen at once (health NOT_SERVING), then load the models in the background."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
+        self._metrics_http = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        self.metrics_port = self._metrics_http.server_port
+        await self.server.start()
+        log.info("listening on %s:%d, metrics on %s:%d", self.settings.host, self.port,
+                 self.settings.metrics_host, self.metrics_port)
+        self._loading = asyncio.ensure_future(self._load())
+
+    async def _load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.load)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("models loaded: %s; serving", ", ".join(self.backend.models))
+
+    async def wait_until_serving(self) -> None:
+        assert self._loading is not None, "start() first"
+        await asyncio.shield(self._loading)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight calls finish for up to ``grace`` seconds, then close."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for ``grace_seconds`` and return."""
+    server = ExplainServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %.0f s", settings.grace_seconds)
+    await server.stop()
+    log.info("stopped")

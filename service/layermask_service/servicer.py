@@ -1,0 +1,201 @@
+"""``layermask.v1.ExplainService``: validate, translate, delegate to the backend, report.
+
+Compute runs in a thread pool; the event loop only admits, waits and streams. A client's deadline
+or cancellation is checked between batches, so the compute stops within one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import grpc
+
+from layermask_service.admission import Admission, QueueFull
+from layermask_service.backend import EmbeddedBackend, ModelNotFound
+from layermask_service.metrics import Metrics
+from layermask_service.proto import explain_pb2 as pb
+from layermask_service.proto import explain_pb2_grpc as pb_grpc
+from layermask_service.settings import Settings
+from layermask_service.translate import (
+    MASKING_ENUMS,
+    MASKING_NAMES,
+    InvalidArgument,
+    class_scores,
+    explain_job,
+    explain_response,
+    image_from,
+    masking_name,
+    packed_mask,
+    segmentation_from,
+)
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """The compute noticed, between batches, that its caller is gone or out of time."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code.name)
+        self.code = code
+
+
+class _CallGuard:
+    """Shared between the event loop and a compute thread: has the call been cancelled or timed out?"""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Stopped(grpc.StatusCode.CANCELLED)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class ExplainServicer(pb_grpc.ExplainServiceServicer):
+    def __init__(self, backend: EmbeddedBackend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+        self.admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
+
+    # ------------------------------------------------------------------ RPCs
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        async def work(guard: _CallGuard) -> pb.ExplainResponse:
+            return await self._explain(request, guard, None)
+
+        return await self._handle("Explain", request.model, request.masking, context, work)
+
+    async def ExplainStream(self, request: pb.ExplainRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
+        events: asyncio.Queue[pb.ExplainEvent] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, pb.ExplainEvent(progress=pb.Progress(done=done, total=total)))
+
+        async def work(guard: _CallGuard) -> pb.ExplainResponse:
+            return await self._explain(request, guard, progress)
+
+        task = asyncio.ensure_future(self._handle("ExplainStream", request.model, request.masking, context, work))
+        try:
+            while not task.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield pb.ExplainEvent(result=task.result())
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        async def work(guard: _CallGuard) -> pb.PredictResponse:
+            self._require_loaded()
+            model = request.model or self.backend.default_model
+            image = image_from(request.image)
+            masking = masking_name(request.masking)
+            top_k = request.top_k if request.HasField("top_k") else 5
+            visibility = request.WhichOneof("visibility")
+            input_size = self.backend.model(model).input_size
+            mask = packed_mask(request.mask, input_size) if visibility == "mask" else None
+            keep = ((segmentation_from(request.segment_keep.segmentation, "segment_keep.segmentation"),
+                     list(request.segment_keep.keep)) if visibility == "segment_keep" else None)
+            scores = await self._compute(guard, lambda: self.backend.predict(model, image, masking, mask, keep, top_k))
+            return pb.PredictResponse(model=model, predictions=class_scores(scores))
+
+        return await self._handle("Predict", request.model, request.masking, context, work)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        async def work(guard: _CallGuard) -> pb.ListModelsResponse:
+            self._require_loaded()
+            strategies = [MASKING_ENUMS[s] for s in self.backend.strategies()]
+            return pb.ListModelsResponse(models=[
+                pb.ModelInfo(name=name, input_height=m.input_size[0], input_width=m.input_size[1],
+                             num_classes=m.num_classes, strategies=strategies,
+                             is_default=name == self.backend.default_model)
+                for name, m in self.backend.models.items()])
+
+        return await self._handle("ListModels", "", None, context, work, admit=False)
+
+    # ---------------------------------------------------------------- common
+    def _require_loaded(self) -> None:
+        if not self.backend.loaded.is_set():
+            raise _Unavailable("models are still loading; retry when health reports SERVING")
+
+    async def _explain(self, request: pb.ExplainRequest, guard: _CallGuard,
+                       progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
+        self._require_loaded()
+        started = time.perf_counter()
+        job = explain_job(request, self.backend.default_model, self.settings.max_samples)
+        decode_seconds = time.perf_counter() - started
+        self.metrics.stage.labels("decode").observe(decode_seconds)
+        self.backend.model(job.model)
+
+        def checked_progress(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            guard.check()
+
+        explanation = await self._compute(guard, lambda: self.backend.explain(job, checked_progress))
+        return explain_response(explanation, job.heatmap_format, decode_seconds)
+
+    async def _compute(self, guard: _CallGuard, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the pool; if this call is cancelled, stop the compute and wait for it to end."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            guard.cancelled.set()
+            await asyncio.wait([future])
+            raise
+
+    async def _handle(self, rpc: str, model: str, masking: int | None, context: grpc.aio.ServicerContext,
+                      work: Callable[[_CallGuard], Any], admit: bool = True) -> Any:
+        started = time.perf_counter()
+        model_label = model or self.backend.default_model
+        masking_label = "none" if masking is None else MASKING_NAMES.get(masking, "unknown")
+        code, message = grpc.StatusCode.OK, ""
+        guard = _CallGuard(context)
+        try:
+            if admit:
+                async with self.admission.slot():
+                    return await work(guard)
+            return await work(guard)
+        except InvalidArgument as error:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+        except ModelNotFound as error:
+            code, message = grpc.StatusCode.NOT_FOUND, str(error.args[0])
+        except QueueFull as error:
+            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+        except _Unavailable as error:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(error)
+        except Stopped as error:
+            code, message = error.code, "the call ended before the explanation finished; compute stopped"
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        finally:
+            self.metrics.requests.labels(rpc, code.name).inc()
+            self.metrics.latency.labels(model_label, masking_label, rpc, code.name).observe(
+                time.perf_counter() - started)
+        await context.abort(code, message)
+
+
+class _Unavailable(Exception):
+    """The server cannot serve this call yet (models loading)."""

@@ -1,0 +1,83 @@
+"""Server settings, from defaults, a TOML file, ``LAYERMASK_*`` environment variables and flags
+(later sources win)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from layermask.models import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "localhost"
+    port: int = 50051
+    metrics_host: str = "localhost"
+    metrics_port: int = 9464
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    weights: Mapping[str, str] = field(default_factory=dict)  # model name -> local weights file
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent: int = 1      # explanations computed at once
+    max_queue: int = 4           # explanations waiting; past that, RESOURCE_EXHAUSTED
+    grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may finish
+    max_samples: int = 20_000
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be a TCP port (0-65535), got {getattr(self, name)}")
+        for name in ("max_message_bytes", "max_concurrent", "max_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_queue < 0 or self.grace_seconds < 0:
+            raise ValueError("max_queue and grace_seconds must not be negative")
+        if not self.models:
+            raise ValueError("models must name at least one model")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if isinstance(value, str) and name == "models":
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, str) and name == "weights":
+        return dict(item.split("=", 1) for item in value.split(",") if item)
+    if name == "models":
+        return tuple(value)
+    if kind in ("int", "int | None") and value is not None:
+        return int(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def load_settings(config: Path | None = None, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from ``config`` (TOML, a ``[server]`` table or top-level keys), then the environment
+    (``LAYERMASK_PORT``, ``LAYERMASK_MODELS=a,b``, …), then ``overrides`` (command-line flags)."""
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"config file not found: {config}")
+        data = tomllib.loads(config.read_text())
+        table = data.get("server", data)
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {config}: {', '.join(unknown)}")
+        values.update(table)
+    environ = os.environ if environ is None else environ
+    for name in known:
+        if f"LAYERMASK_{name.upper()}" in environ:
+            values[name] = environ[f"LAYERMASK_{name.upper()}"]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return dataclasses.replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid settings: {error}") from None
