@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test lint bench clean
+.PHONY: install run demo test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,10 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# The main job. For now the masking demo; the gRPC service replaces it in issue #4.
-run: demo
+# The main job: the gRPC ExplainService on localhost:50051, metrics on localhost:9464,
+# EfficientNet-Lite0 with layer masking (Ctrl-C or SIGTERM drains in-flight calls and stops).
+run: $(INSTALLED)
+	$(BIN)/layermask serve
 
 demo: $(INSTALLED)
 	$(BIN)/layermask demo --output demo.png
@@ -28,6 +30,12 @@ test: lint
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/masked_forward.py
+	$(BIN)/python bench/lime.py
+	$(BIN)/python bench/service_overhead.py
+
+# Regenerate the committed gRPC stubs after editing protos/ (a test fails while they are stale).
+stubs: $(INSTALLED)
+	$(BIN)/python protos/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.png

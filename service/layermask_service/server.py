@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +21,7 @@ from layermask_service.proto import explain_pb2_grpc as pb_grpc
 from layermask_service.servicer import ExplainServicer
 from layermask_service.settings import Settings
 
+T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
 log = logging.getLogger("layermask.server")
 
@@ -93,3 +96,35 @@ async def run(settings: Settings) -> None:
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.grace_seconds)
     await server.stop()
     log.info("stopped")
+
+
+class BackgroundServer:
+    """An :class:`ExplainServer` on an event loop in a background thread, for embedding the service
+    in another program (and for tests and benchmarks). :meth:`stop` when done."""
+
+    def __init__(self, settings: Settings, wait_until_serving: bool = True) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="grpc-server")
+        self.thread.start()
+        self.server: ExplainServer = self.run(self._create(settings))
+        if wait_until_serving:
+            self.run(self.server.wait_until_serving())
+
+    @staticmethod
+    async def _create(settings: Settings) -> ExplainServer:
+        server = ExplainServer(settings)
+        await server.start()
+        return server
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 300) -> T:
+        """Run ``coroutine`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def target(self) -> str:
+        return f"{self.server.settings.host}:{self.server.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.run(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
