@@ -1,10 +1,11 @@
 """The same 1,000-sample explanation through the gRPC service and in-process, interleaved.
 
-The server (embedded backend, EfficientNet-Lite0) runs in this process on loopback; each
+The server (embedded backend, EfficientNet-Lite0) runs in this process on loopback, with the
+same allocator setting as ``layermask serve`` (one malloc arena); each
 repetition times one ``Explain`` call and one ``layermask.explain`` call with the same request and
 seed, so both share the machine's state. Prints the medians and their ratio.
 
-    .venv/bin/python bench/service_overhead.py [--repeats 3] [--samples 1000]
+    .venv/bin/python bench/service_overhead.py [--repeats 5] [--samples 1000]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 import torch
 from layermask_service.client import ExplainClient, explain_request
-from layermask_service.server import BackgroundServer
+from layermask_service.server import BackgroundServer, use_one_malloc_arena
 from layermask_service.settings import Settings
 from PIL import Image
 from skimage import data
@@ -27,10 +28,11 @@ from layermask.images import decode_image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    use_one_malloc_arena()  # as `layermask serve` does, so both paths allocate alike
 
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, format="PNG")
