@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from layermask.cli_explain import add_explain_command, run_explain
+from layermask.errors import UnsupportedLayerError
 from layermask.models import DEFAULT_MODEL
 
 
@@ -28,6 +29,12 @@ def build_parser_with_commands() -> tuple[argparse.ArgumentParser, Any]:
     parser = Parser(prog="layermask", description="Layer-masked LIME explanations for image CNNs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_explain_command(commands)
+    export = commands.add_parser("export-onnx", help="export the layer-masked model to ONNX")
+    export.add_argument("--model", default=DEFAULT_MODEL)
+    export.add_argument("--weights", type=Path)
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--fp16", action="store_true", help="float16 weights and compute (float32 inputs/outputs)")
     demo = commands.add_parser("demo", help="hide half of a photo and compare masking strategies")
     demo.add_argument("--model", default=DEFAULT_MODEL)
     demo.add_argument("-o", "--output", type=Path, default=Path("demo.png"))
@@ -39,7 +46,7 @@ def guarded(command: Callable[[argparse.Namespace], None], args: argparse.Namesp
     """Run a command; expected failures become one line on stderr and exit status 2, never a traceback."""
     try:
         command(args)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+    except (ValueError, KeyError, FileNotFoundError, OSError, UnsupportedLayerError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"layermask: error: {message}", file=sys.stderr)
         return 2
@@ -55,8 +62,17 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_demo(args.model, args.output, args.seed)
 
 
+def _run_export(args: argparse.Namespace) -> None:
+    from layermask.models import load_model
+    from layermask.onnx_export import export_onnx
+
+    path = export_onnx(load_model(args.model, args.weights), args.output, opset=args.opset, fp16=args.fp16)
+    print(f"wrote {path}")
+
+
 def run(args: argparse.Namespace) -> int:
-    return guarded(run_explain if args.command == "explain" else _run_demo, args)
+    commands = {"explain": run_explain, "demo": _run_demo, "export-onnx": _run_export}
+    return guarded(commands[args.command], args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,8 +43,9 @@ class LayerMasker:
 class FillMasker:
     """Replace hidden pixels by ``fill(images)`` and run the unchanged network."""
 
-    def __init__(self, network: nn.Module, fill: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        if network.training:
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor],
+                 fill: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if isinstance(network, nn.Module) and network.training:
             raise ValueError("the model is in training mode; call model.eval() first")
         self.network = network
         self.fill = fill
@@ -72,6 +73,15 @@ def _gaussian_blur(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return fill
 
 
+def _fully_visible(runtime: Masker) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mask-aware model with nothing hidden is the plain network (property 2 of the spec)."""
+
+    def network(images: torch.Tensor) -> torch.Tensor:
+        return runtime(images, torch.ones(images.shape[0], 1, *images.shape[2:], dtype=images.dtype))
+
+    return network
+
+
 def get_masker(
     name: str,
     model: nn.Module | LoadedModel,
@@ -86,15 +96,18 @@ def get_masker(
     eval-mode network (ImageNet normalisation unless ``mean``/``std`` are given). ``images`` are
     normalised N×3×H×W tensors, ``masks`` N×1×H×W with 1 = visible.
     """
+    runtime = None
+    network: Callable[[torch.Tensor], torch.Tensor]
     if isinstance(model, LoadedModel):
-        network = model.network
         mean = mean or model.preprocessing.mean
         std = std or model.preprocessing.std
+        runtime = model.masked_runtime
+        network = _fully_visible(runtime) if runtime is not None else model.torch_network()
     else:
         network = model
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     if name == "layer":
-        return LayerMasker(network)
+        return runtime if runtime is not None else LayerMasker(network)  # type: ignore[arg-type]
     if name == "grey":
         return FillMasker(network, _constant_colour(torch.zeros(3)))
     if name == "black":
@@ -106,12 +119,12 @@ def get_masker(
     raise ValueError(f"unknown masking strategy {name!r}; choose one of {', '.join(MASKING_STRATEGIES)}")
 
 
-_MASKERS: weakref.WeakKeyDictionary[nn.Module, dict[str, Masker]] = weakref.WeakKeyDictionary()
+_MASKERS: weakref.WeakKeyDictionary[object, dict[str, Masker]] = weakref.WeakKeyDictionary()
 
 
 def cached_masker(name: str, model: LoadedModel) -> Masker:
     """:func:`get_masker` for a loaded model, converted once per network and strategy."""
-    per_network = _MASKERS.setdefault(model.network, {})
+    per_network = _MASKERS.setdefault(model.network if model.network is not None else model.masked_runtime, {})
     if name not in per_network:
         per_network[name] = get_masker(name, model)
     return per_network[name]

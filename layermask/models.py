@@ -25,12 +25,28 @@ IMAGENET_CATEGORIES: list[str] = list(torchvision.models.ResNet50_Weights.IMAGEN
 
 @dataclass
 class LoadedModel:
-    """A classifier in eval mode, with what it takes to feed it and read its output."""
+    """A classifier in eval mode, with what it takes to feed it and read its output.
+
+    ``masked_runtime``, when set, is a ready mask-aware model ``(images, masks) -> logits`` used in
+    place of ``layer_mask(network)``: an exported ONNX model run by ONNX Runtime
+    (:func:`layermask.onnx_runtime.load_onnx_model`), which has no PyTorch ``network``.
+    """
 
     name: str
-    network: nn.Module
+    network: nn.Module | None
     preprocessing: Preprocessing
     class_names: list[str] = field(default_factory=lambda: list(IMAGENET_CATEGORIES))
+    masked_runtime: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def format(self) -> str:
+        return "torch" if self.masked_runtime is None else "onnx"
+
+    def torch_network(self) -> nn.Module:
+        """The PyTorch network; ``ValueError`` for a model that only exists as a runtime graph."""
+        if self.network is None:
+            raise ValueError(f"model {self.name!r} is a {self.format} model without a PyTorch network")
+        return self.network
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -149,7 +149,8 @@ def test_metrics_scrape_shows_the_calls(server: RunningServer, client: ExplainCl
     assert count(after, "layermask_perturbations_total", model="efficientnet_lite0") == \
         count(before, "layermask_perturbations_total", model="efficientnet_lite0") + 24
     assert count(after, "layermask_forward_batch_size_count") > count(before, "layermask_forward_batch_size_count")
-    assert count(after, "layermask_model_load_seconds", model="efficientnet_lite0") > 0
+    assert count(after, "layermask_model_load_seconds", model="efficientnet_lite0", format="torch",
+                 provider="pytorch-cpu") > 0
     assert ("layermask_inflight_requests", ()) in after and ("layermask_queue_depth", ()) in after
     assert any(name == "layermask_build_info" for name, _ in after)
     assert time.time() > 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +15,8 @@ from layermask.explanation import ClassScore, Explanation
 from layermask.lime import explain
 from layermask.maskers import MASKING_STRATEGIES, cached_masker
 from layermask.models import LoadedModel, load_model
+from layermask.onnx_export import export_onnx
+from layermask.onnx_runtime import load_onnx_model
 from layermask.segmentation import segment
 from layermask_service.metrics import Metrics
 from layermask_service.settings import Settings
@@ -33,6 +37,7 @@ class EmbeddedBackend:
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
         self.loaded = threading.Event()
+        self._export_dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def default_model(self) -> str:
@@ -42,11 +47,23 @@ class EmbeddedBackend:
         """Load every configured model and convert it for layer masking (slow; call off the event loop)."""
         for name in self.settings.models:
             start = time.perf_counter()
-            model = load_model(name, self.settings.weights.get(name))
+            model = self._load_onnx(name) if self.settings.format == "onnx" else \
+                load_model(name, self.settings.weights.get(name))
             cached_masker("layer", model)
             self.models[name] = model
-            self.metrics.model_load.labels(name).set(time.perf_counter() - start)
+            provider = getattr(model.masked_runtime, "provider", "pytorch-cpu")
+            self.metrics.model_load.labels(name, model.format, provider).set(time.perf_counter() - start)
         self.loaded.set()
+
+    def _load_onnx(self, name: str) -> LoadedModel:
+        """An exported ``.onnx`` file from ``weights``, or else the model exported now to a temporary file."""
+        configured = self.settings.weights.get(name)
+        if configured is not None and configured.endswith(".onnx"):
+            return load_onnx_model(configured, self.settings.onnx_providers)
+        if self._export_dir is None:
+            self._export_dir = tempfile.TemporaryDirectory(prefix="layermask-onnx-")
+        path = export_onnx(load_model(name, configured), Path(self._export_dir.name) / f"{name}.onnx")
+        return load_onnx_model(path, self.settings.onnx_providers)
 
     def model(self, name: str) -> LoadedModel:
         if name not in self.models:

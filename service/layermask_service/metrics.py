@@ -33,8 +33,8 @@ class Metrics:
                                          buckets=BATCH_BUCKETS, registry=r)
         self.perturbations = prom.Counter("layermask_perturbations", "Masked samples evaluated.", ["model"],
                                           registry=r)
-        self.model_load = prom.Gauge("layermask_model_load_seconds", "Time taken to load each model.", ["model"],
-                                     registry=r)
+        self.model_load = prom.Gauge("layermask_model_load_seconds", "Time taken to load each model.",
+                                     ["model", "format", "provider"], registry=r)
         self.build = prom.Info("layermask_build", "Versions this server runs.", registry=r)
         self.build.info({"version": layermask.__version__, "torch": torch.__version__,
                          "python": platform.python_version()})

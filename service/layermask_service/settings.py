@@ -21,7 +21,9 @@ class Settings:
     metrics_host: str = "localhost"
     metrics_port: int = 9464
     models: tuple[str, ...] = (DEFAULT_MODEL,)
-    weights: Mapping[str, str] = field(default_factory=dict)  # model name -> local weights file
+    weights: Mapping[str, str] = field(default_factory=dict)  # model name -> local weights (or .onnx) file
+    format: str = "torch"        # "onnx": run the layer-masked models with ONNX Runtime
+    onnx_providers: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent: int = 1      # explanations computed at once
     max_queue: int = 4           # explanations waiting; past that, RESOURCE_EXHAUSTED
@@ -40,15 +42,17 @@ class Settings:
             raise ValueError("max_queue and grace_seconds must not be negative")
         if not self.models:
             raise ValueError("models must name at least one model")
+        if self.format not in ("torch", "onnx"):
+            raise ValueError(f"format must be 'torch' or 'onnx', got {self.format!r}")
 
 
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    if isinstance(value, str) and name == "models":
+    if isinstance(value, str) and name in ("models", "onnx_providers"):
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if isinstance(value, str) and name == "weights":
         return dict(item.split("=", 1) for item in value.split(",") if item)
-    if name == "models":
+    if name in ("models", "onnx_providers"):
         return tuple(value)
     if kind in ("int", "int | None") and value is not None:
         return int(value)
