@@ -19,13 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import _unshadow  # noqa: F401  (before anything imports the lime package)
 import numpy as np
 import torch
-
-# Run as a script, this file's folder comes first on sys.path and would shadow the lime package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def _setup() -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
