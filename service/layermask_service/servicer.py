@@ -105,16 +105,20 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         async def work(guard: _CallGuard) -> pb.PredictResponse:
             self._require_loaded()
             model = request.model or self.backend.default_model
-            image = image_from(request.image)
-            masking = masking_name(request.masking)
-            top_k = request.top_k if request.HasField("top_k") else 5
-            visibility = request.WhichOneof("visibility")
-            input_size = self.backend.model(model).input_size
-            mask = packed_mask(request.mask, input_size) if visibility == "mask" else None
-            keep = ((segmentation_from(request.segment_keep.segmentation, "segment_keep.segmentation"),
-                     list(request.segment_keep.keep)) if visibility == "segment_keep" else None)
-            scores = await self._compute(guard, lambda: self.backend.predict(model, image, masking, mask, keep, top_k))
-            return pb.PredictResponse(model=model, predictions=class_scores(scores))
+
+            def run() -> pb.PredictResponse:
+                image = image_from(request.image)
+                masking = masking_name(request.masking)
+                top_k = request.top_k if request.HasField("top_k") else 5
+                visibility = request.WhichOneof("visibility")
+                input_size = self.backend.model(model).input_size
+                mask = packed_mask(request.mask, input_size) if visibility == "mask" else None
+                keep = ((segmentation_from(request.segment_keep.segmentation, "segment_keep.segmentation"),
+                         list(request.segment_keep.keep)) if visibility == "segment_keep" else None)
+                scores = self.backend.predict(model, image, masking, mask, keep, top_k)
+                return pb.PredictResponse(model=model, predictions=class_scores(scores))
+
+            return await self._compute(guard, run)
 
         return await self._handle("Predict", request.model, request.masking, context, work)
 
@@ -139,19 +143,21 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     async def _explain(self, request: pb.ExplainRequest, guard: _CallGuard,
                        progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
         self._require_loaded()
-        started = time.perf_counter()
-        job = explain_job(request, self.backend.default_model, self.settings.max_samples)
-        decode_seconds = time.perf_counter() - started
-        self.metrics.stage.labels("decode").observe(decode_seconds)
-        self.backend.model(job.model)
 
         def checked_progress(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total)
             guard.check()
 
-        explanation = await self._compute(guard, lambda: self.backend.explain(job, checked_progress))
-        return explain_response(explanation, job.heatmap_format, decode_seconds)
+        def run() -> pb.ExplainResponse:  # decoding and encoding stay off the event loop too
+            started = time.perf_counter()
+            job = explain_job(request, self.backend.default_model, self.settings.max_samples)
+            decode_seconds = time.perf_counter() - started
+            self.metrics.stage.labels("decode").observe(decode_seconds)
+            explanation = self.backend.explain(job, checked_progress)
+            return explain_response(explanation, job.heatmap_format, decode_seconds)
+
+        return await self._compute(guard, run)
 
     async def _compute(self, guard: _CallGuard, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the pool; if this call is cancelled, stop the compute and wait for it to end."""
