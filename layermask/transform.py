@@ -30,9 +30,9 @@ def layer_mask(model: nn.Module, *, prune_fill: bool = True) -> LayerMaskedModel
     """Convert ``model`` (an eval-mode, ``torch.fx``-traceable CNN) into its layer-masked version.
 
     The result shares parameters with ``model``, except that batch-norm layers directly following
-    a convolution are folded into a copy of its weights: convert again after changing the weights. Raises :class:`~layermask.UnsupportedLayerError` if an operation
-    on a spatial activation has no layer-masking rule, and ``ValueError`` for a model in training
-    mode.
+    a convolution are folded into a copy of its weights: convert again after changing the weights.
+    Raises :class:`~layermask.UnsupportedLayerError` if an operation on a spatial activation has
+    no layer-masking rule, and ``ValueError`` for a model in training mode.
 
     ``prune_fill`` drops neighbour-fill iterations whose results a later mask discards
     (:mod:`layermask.fill_pruning`); the outputs are the same either way.
