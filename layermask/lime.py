@@ -33,9 +33,9 @@ from layermask.segmentation import DEFAULT_MAX_SEGMENTS, segment, segmentation_p
 Progress = Callable[[int, int], None]
 
 # Measured with bench/lime.py --batch-sweep on the 2-core CPU machines (docs/benchmarks.md): the
-# layer-masked EfficientNet-Lite0 is fastest per image around this batch size; larger batches
-# spill the caches.
-DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 128}
+# layer-masked EfficientNet-Lite0 is fastest per image around batch 8; from 16 up the per-image
+# time grows. Only the CPU has been measured; other devices use the CPU figure until they are.
+DEFAULT_BATCH_SIZE = {"cpu": 8}
 
 
 def sample_perturbations(num_samples: int, num_segments: int, keep_probability: float, seed: int) -> np.ndarray:
