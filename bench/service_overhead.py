@@ -16,14 +16,14 @@ import statistics
 import time
 
 import torch
-from layermask_service.client import ExplainClient, explain_request
-from layermask_service.server import BackgroundServer, use_one_malloc_arena
-from layermask_service.settings import Settings
 from PIL import Image
 from skimage import data
 
 import layermask
 from layermask.images import decode_image
+from layermask_service.client import ExplainClient, explain_request
+from layermask_service.server import BackgroundServer, use_one_malloc_arena
+from layermask_service.settings import Settings
 
 
 def main() -> None:

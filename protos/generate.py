@@ -3,8 +3,9 @@
     python protos/generate.py [--check]
 
 protoc names modules after the proto path (``layermask.v1``), which is the core package's
-name; the stubs live in ``layermask_service.proto`` instead, so the import in the generated gRPC
-module is rewritten. ``--check`` exits 1 if the committed stubs are stale.
+name; the stubs live in ``layermask_service.proto`` instead, so the imports in the generated
+modules are rewritten. ``torchserve/inference.proto`` is the subset of TorchServe's gRPC API that
+the TorchServe backend calls. ``--check`` exits 1 if the committed stubs are stale.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 TARGET = ROOT / "service" / "layermask_service" / "proto"
-SOURCES = ["layermask/v1/explain.proto"]
+SOURCES = ["layermask/v1/explain.proto", "layermask/v1/backend.proto", "torchserve/inference.proto"]
 
 
 def generate(out: Path) -> dict[str, str]:
@@ -31,8 +32,11 @@ def generate(out: Path) -> dict[str, str]:
         if status != 0:
             raise SystemExit(f"protoc failed with status {status}")
         files = {}
-        for path in sorted((Path(tmp) / "layermask" / "v1").glob("*.py*")):
-            text = path.read_text().replace("from layermask.v1 import", "from layermask_service.proto import")
+        generated = [*(Path(tmp) / "layermask" / "v1").glob("*.py*"), *(Path(tmp) / "torchserve").glob("*.py*")]
+        for path in sorted(generated):
+            text = path.read_text()
+            for package in ("layermask.v1", "torchserve"):
+                text = text.replace(f"from {package} import", "from layermask_service.proto import")
             files[path.name] = text
     return files
 

@@ -7,10 +7,11 @@ import urllib.request
 from typing import Any
 
 import grpc
-from layermask_service.server import BackgroundServer
-from layermask_service.settings import Settings
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from layermask_service.server import BackgroundServer
+from layermask_service.settings import Settings
 
 LOOPBACK = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0)
 

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from layermask_service.client import ExplainClient, explain_request
-from layermask_service.settings import Settings
 from skimage import data
 
 import layermask
 from layermask.onnx_export import MASKING_SPEC_VERSION, export_onnx
 from layermask.onnx_runtime import OnnxMaskedModel, choose_providers, load_onnx_model
+from layermask_service.client import ExplainClient, explain_request
+from layermask_service.settings import Settings
 from tests.conftest import ALL_ARCHITECTURES, converted, images_and_masks, seeded_network
 from tests.service_harness import RunningServer, png_bytes
 from tests.test_conversion import UpsamplingNet

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from layermask_service.backend import EmbeddedBackend
-from layermask_service.client import ExplainClient, explain_request
-from layermask_service.proto import explain_pb2 as pb
-from layermask_service.translate import segments_from
 from skimage import data
 
 import layermask
 from layermask.images import decode_image
+from layermask_service.backend import EmbeddedBackend
+from layermask_service.client import ExplainClient, explain_request
+from layermask_service.proto import explain_pb2 as pb
+from layermask_service.translate import segments_from
 from tests.service_harness import RunningServer, png_bytes
 
 CHELSEA = png_bytes(data.chelsea())

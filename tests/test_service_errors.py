@@ -15,11 +15,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from skimage import data
+
 from layermask_service.client import ExplainClient, explain_request
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.settings import Settings
-from skimage import data
-
 from tests.service_harness import RunningServer, png_bytes
 
 CHELSEA = png_bytes(data.chelsea())

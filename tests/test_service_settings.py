@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from layermask_service.settings import Settings, load_settings
 from PIL import Image
 from skimage import data
 
+from layermask_service.settings import Settings, load_settings
 from tests.service_harness import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent

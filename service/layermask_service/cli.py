@@ -12,6 +12,8 @@ from typing import Any
 
 from layermask import cli as core_cli
 from layermask.maskers import MASKING_STRATEGIES
+from layermask.models import DEFAULT_MODEL
+from layermask_service.archive import FORMATS, ArchiveSettings, build_archive
 
 
 def add_commands(commands: Any) -> None:
@@ -25,6 +27,22 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--max-concurrent", type=int)
     serve.add_argument("--max-queue", type=int)
     serve.add_argument("--grace-seconds", type=float)
+    serve.add_argument("--backend", choices=("embedded", "torchserve"),
+                       help="where masked batches run (default: embedded, in this process)")
+    serve.add_argument("--torchserve-target", metavar="HOST:PORT", help="TorchServe's gRPC inference address")
+
+    archive = commands.add_parser("archive", help="build a TorchServe model archive (.mar) of a model")
+    archive.add_argument("--model", default=DEFAULT_MODEL)
+    archive.add_argument("--weights", type=Path, help="local weights file (state dict)")
+    archive.add_argument("--format", choices=FORMATS, default="torch",
+                         help="torch: the PyTorch model; onnx: the exported layer-masked ONNX model")
+    archive.add_argument("-o", "--output", type=Path, default=Path("model_store"), help="directory for the .mar")
+    archive.add_argument("--batch-size", type=int, default=ArchiveSettings.batch_size,
+                         help="requests TorchServe gathers into one handler call")
+    archive.add_argument("--max-batch-delay", type=int, default=ArchiveSettings.max_batch_delay_ms, metavar="MS")
+    archive.add_argument("--workers", type=int, default=ArchiveSettings.workers)
+    archive.add_argument("--response-timeout", type=int, default=ArchiveSettings.response_timeout_s, metavar="S")
+    archive.add_argument("--max-rows-per-forward", type=int, default=ArchiveSettings.max_rows_per_forward)
 
     client = commands.add_parser("client", help="call a running ExplainService")
     actions = client.add_subparsers(dest="client_command", required=True, parser_class=core_cli.Parser)
@@ -50,10 +68,19 @@ def run_serve(args: argparse.Namespace) -> None:
 
     overrides = {"host": args.host, "port": args.port, "metrics_host": args.metrics_host,
                  "metrics_port": args.metrics_port, "models": args.models, "max_concurrent": args.max_concurrent,
-                 "max_queue": args.max_queue, "grace_seconds": args.grace_seconds}
+                 "max_queue": args.max_queue, "grace_seconds": args.grace_seconds, "backend": args.backend,
+                 "torchserve_target": args.torchserve_target}
     settings = load_settings(args.config, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run(settings))
+
+
+def run_archive(args: argparse.Namespace) -> None:
+    settings = ArchiveSettings(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
+                               workers=args.workers, response_timeout_s=args.response_timeout,
+                               max_rows_per_forward=args.max_rows_per_forward)
+    path = build_archive(args.model, args.output, weights=args.weights, fmt=args.format, settings=settings)
+    print(f"wrote {path}")
 
 
 def run_client_explain(args: argparse.Namespace) -> None:
@@ -93,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return core_cli.guarded(run_serve, args)
+    if args.command == "archive":
+        return core_cli.guarded(run_archive, args)
     if args.command == "client":
         return core_cli.guarded(run_client_explain, args)
     return core_cli.run(args)

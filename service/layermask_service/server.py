@@ -17,7 +17,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from layermask_service.backend import EmbeddedBackend
+from layermask_service.backend import Backend, EmbeddedBackend
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
@@ -36,7 +36,7 @@ class ExplainServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.backend = EmbeddedBackend(settings, self.metrics)
+        self.backend = make_backend(settings, self.metrics)
         # One long-lived thread per compute slot: each keeps its warm intra-op (OpenMP) team and
         # oneDNN state, instead of work hopping between threads. Loading gets a thread of its own.
         threads = torch.get_num_threads()
@@ -55,6 +55,7 @@ class ExplainServer:
         self.metrics_port = 0
         self._metrics_http: Any = None
         self._loading: asyncio.Future[None] | None = None
+        self._watching: asyncio.Future[None] | None = None
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -77,6 +78,20 @@ class ExplainServer:
         await asyncio.get_running_loop().run_in_executor(self.loader, self.backend.load)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("models loaded: %s; serving", ", ".join(self.backend.models))
+        self._watching = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """Follow the backend's availability (TorchServe going down and coming back) in the health status."""
+        serving = True
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            available = await loop.run_in_executor(self.loader, self.backend.available)
+            if available != serving:
+                serving = available
+                log.warning("backend %s", "available again: SERVING" if available else "unavailable: NOT_SERVING")
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING if available
+                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def wait_until_serving(self) -> None:
         assert self._loading is not None, "start() first"
@@ -86,12 +101,22 @@ class ExplainServer:
         """Refuse new calls, let in-flight calls finish for up to ``grace`` seconds, then close."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
+        for task in (self._loading, self._watching):
+            if task is not None and not task.done():
+                task.cancel()
+        self.backend.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
+
+
+def make_backend(settings: Settings, metrics: Metrics) -> Backend:
+    if settings.backend == "torchserve":
+        from layermask_service.torchserve_backend import TorchServeBackend
+
+        return TorchServeBackend(settings, metrics)
+    return EmbeddedBackend(settings, metrics)
 
 
 def use_one_malloc_arena() -> bool:

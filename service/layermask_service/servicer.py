@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from layermask_service.admission import Admission, QueueFull
-from layermask_service.backend import EmbeddedBackend, ModelNotFound
+from layermask_service.backend import Backend, BackendUnavailable, ModelNotFound
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
@@ -61,7 +61,7 @@ class _CallGuard:
 
 
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
-    def __init__(self, backend: EmbeddedBackend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
+    def __init__(self, backend: Backend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
         self.backend = backend
         self.settings = settings
         self.metrics = metrics
@@ -138,7 +138,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     # ---------------------------------------------------------------- common
     def _require_loaded(self) -> None:
         if not self.backend.loaded.is_set():
-            raise _Unavailable("models are still loading; retry when health reports SERVING")
+            raise BackendUnavailable("models are still loading; retry when health reports SERVING")
 
     async def _explain(self, request: pb.ExplainRequest, guard: _CallGuard,
                        progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
@@ -187,7 +187,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             code, message = grpc.StatusCode.NOT_FOUND, str(error.args[0])
         except QueueFull as error:
             code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-        except _Unavailable as error:
+        except BackendUnavailable as error:
             code, message = grpc.StatusCode.UNAVAILABLE, str(error)
         except Stopped as error:
             code, message = error.code, "the call ended before the explanation finished; compute stopped"
@@ -201,7 +201,3 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             self.metrics.latency.labels(model_label, masking_label, rpc, code.name).observe(
                 time.perf_counter() - started)
         await context.abort(code, message)
-
-
-class _Unavailable(Exception):
-    """The server cannot serve this call yet (models loading)."""

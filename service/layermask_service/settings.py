@@ -30,6 +30,10 @@ class Settings:
     grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may finish
     max_samples: int = 20_000
     batch_size: int | None = None
+    backend: str = "embedded"    # "torchserve": masked batches run in TorchServe at torchserve_target
+    torchserve_target: str = "localhost:7070"  # TorchServe's gRPC inference API
+    torchserve_timeout: float = 120.0          # seconds per call to TorchServe
+    health_interval: float = 2.0               # seconds between backend health checks
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -44,6 +48,10 @@ class Settings:
             raise ValueError("models must name at least one model")
         if self.format not in ("torch", "onnx"):
             raise ValueError(f"format must be 'torch' or 'onnx', got {self.format!r}")
+        if self.backend not in ("embedded", "torchserve"):
+            raise ValueError(f"backend must be 'embedded' or 'torchserve', got {self.backend!r}")
+        if not self.torchserve_timeout > 0 or not self.health_interval > 0:
+            raise ValueError("torchserve_timeout and health_interval must be positive")
 
 
 def _coerce(name: str, value: Any) -> Any:

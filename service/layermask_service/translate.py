@@ -17,6 +17,7 @@ from PIL import Image
 
 from layermask.explanation import ClassScore, Explanation
 from layermask.images import decode_image
+from layermask.models import LoadedModel
 from layermask.segmentation import segmentation_parameters
 from layermask_service.proto import explain_pb2 as pb
 
@@ -114,6 +115,29 @@ def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int
     )
 
 
+def segmentation_for(model: LoadedModel, choice: SegmentationChoice,
+                     image_size: tuple[int, int]) -> tuple[str | np.ndarray, dict[str, Any] | None]:
+    """The core's ``segmentation`` and ``segmentation_params`` for ``choice`` on an image of ``image_size`` (H, W)."""
+    if choice.label_map is None:
+        return choice.method, choice.params
+    labels = choice.label_map
+    if labels.shape == tuple(model.input_size):
+        return labels, None
+    if labels.shape == image_size:
+        return model.preprocessing.crop_label_map(labels), None
+    raise InvalidArgument(f"segmentation.label_map: shape {labels.shape} matches neither the image "
+                          f"{image_size} nor the model's input size {tuple(model.input_size)}")
+
+
+def explain_arguments(job: ExplainJob, model: LoadedModel) -> dict[str, Any]:
+    """Keyword arguments of :func:`layermask.lime.explain` (and ``plan_explanation``) for ``job`` on ``model``."""
+    check_labels(job.labels, job.top_labels, model.num_classes)
+    segmentation, params = segmentation_for(model, job.segmentation, (job.image.height, job.image.width))
+    return dict(masking=job.masking, segmentation=segmentation, segmentation_params=params,
+                num_samples=job.num_samples, keep_probability=job.keep_probability, kernel_width=job.kernel_width,
+                labels=job.labels, top_labels=job.top_labels, seed=job.seed)
+
+
 def check_labels(labels: list[int] | None, top_labels: int, num_classes: int) -> None:
     if labels is not None:
         bad = [label for label in labels if not 0 <= label < num_classes]
@@ -141,14 +165,12 @@ def heatmap_message(explanation: Explanation, label: int, fmt: Any) -> pb.Heatma
 
 
 def explain_response(explanation: Explanation, heatmap_format: int, decode_seconds: float) -> pb.ExplainResponse:
-    height, width = explanation.segments.shape
     timings = explanation.timings
     return pb.ExplainResponse(
         model=explanation.model, masking=MASKING_ENUMS[explanation.masking],
         segmentation=explanation.segmentation, seed=explanation.seed, num_samples=explanation.num_samples,
         keep_probability=explanation.keep_probability, kernel_width=explanation.kernel_width,
-        segments=pb.Segments(height=height, width=width, count=explanation.num_segments,
-                             zlib_uint16=zlib.compress(explanation.segments.astype("<u2").tobytes())),
+        segments=segments_message(explanation.segments),
         explanations=[pb.LabelExplanation(label=e.label, name=e.name, weights=e.weights.tolist(),
                                           intercept=e.intercept, score=e.score,
                                           local_prediction=e.local_prediction)
@@ -162,10 +184,25 @@ def explain_response(explanation: Explanation, heatmap_format: int, decode_secon
     )
 
 
-def segments_from(message: pb.Segments) -> np.ndarray:
-    """Decode :class:`pb.Segments` (for clients)."""
-    flat = np.frombuffer(zlib.decompress(message.zlib_uint16), dtype="<u2")
-    return flat.reshape(message.height, message.width).astype(np.int32)
+def segments_message(segments: np.ndarray) -> pb.Segments:
+    height, width = segments.shape
+    return pb.Segments(height=height, width=width, count=int(segments.max()) + 1,
+                       zlib_uint16=zlib.compress(segments.astype("<u2").tobytes()))
+
+
+def segments_from(message: pb.Segments, field_name: str = "segments",
+                  max_pixels: int = 64 * 1024 * 1024) -> np.ndarray:
+    """Decode :class:`pb.Segments`, never inflating more than the stated ``height × width``."""
+    count = message.height * message.width
+    if message.height < 1 or message.width < 1 or count > max_pixels:
+        raise InvalidArgument(f"{field_name}: bad size {message.height}×{message.width}")
+    try:
+        data = zlib.decompressobj().decompress(message.zlib_uint16, 2 * count + 1)
+    except zlib.error as error:
+        raise InvalidArgument(f"{field_name}: not zlib data ({error})") from None
+    if len(data) != 2 * count:
+        raise InvalidArgument(f"{field_name}: holds {len(data) // 2} labels, not {message.height}×{message.width}")
+    return np.frombuffer(data, dtype="<u2").reshape(message.height, message.width).astype(np.int32)
 
 
 def packed_mask(message: pb.PackedMask, input_size: tuple[int, int]) -> np.ndarray:
