@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test lint bench stubs clean
+.PHONY: install run run-torchserve demo test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ install: $(INSTALLED)
 # EfficientNet-Lite0 with layer masking (Ctrl-C or SIGTERM drains in-flight calls and stops).
 run: $(INSTALLED)
 	$(BIN)/layermask serve
+
+# The same service with its masked batches run by TorchServe (gRPC 127.0.0.1:7070, REST 8080,
+# management 8081, metrics 8082; model_store/config.properties), both stopped by Ctrl-C.
+run-torchserve: $(INSTALLED)
+	$(BIN)/layermask archive --model efficientnet_lite0 -o model_store
+	$(BIN)/layermask serve --start-torchserve model_store
 
 demo: $(INSTALLED)
 	$(BIN)/layermask demo --output demo.png
@@ -38,4 +44,4 @@ stubs: $(INSTALLED)
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.png
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.png .torchserve model_store/*.mar

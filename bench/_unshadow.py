@@ -1,5 +1,6 @@
-"""Imported first by the benchmarks named like packages they use (lime.py, onnx.py): running a
-script puts its folder first on sys.path, where those files would shadow the real packages."""
+"""Imported first by every benchmark that (even indirectly) imports ``lime`` or ``onnx``: running a
+script puts its folder first on sys.path, where bench/lime.py and bench/onnx.py would shadow the
+real packages."""
 
 import sys
 from pathlib import Path

@@ -59,6 +59,7 @@ class Backend:
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
         self.loaded = threading.Event()
+        self.waiting_for = "models are still loading"  # why calls cannot be served before `loaded`
 
     @property
     def default_model(self) -> str:

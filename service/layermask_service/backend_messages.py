@@ -28,7 +28,7 @@ from layermask_service.translate import (
     segments_message,
 )
 
-MAX_ROWS = 100_000  # per request; the message size limit bounds it too
+MAX_ROWS = 4096  # per masked-batch request (the service sends batch_size rows at a time)
 
 
 def pack_rows(rows: np.ndarray) -> bpb.PackedRows:

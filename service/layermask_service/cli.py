@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,11 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--backend", choices=("embedded", "torchserve"),
                        help="where masked batches run (default: embedded, in this process)")
     serve.add_argument("--torchserve-target", metavar="HOST:PORT", help="TorchServe's gRPC inference address")
+    serve.add_argument("--start-torchserve", type=Path, metavar="MODEL_STORE",
+                       help="also start TorchServe with the archives of MODEL_STORE (and stop it on exit); "
+                            "implies --backend torchserve")
+    serve.add_argument("--torchserve-config", type=Path, help="TorchServe config.properties for --start-torchserve "
+                                                              "(default: model_store/config.properties)")
 
     archive = commands.add_parser("archive", help="build a TorchServe model archive (.mar) of a model")
     archive.add_argument("--model", default=DEFAULT_MODEL)
@@ -72,7 +78,23 @@ def run_serve(args: argparse.Namespace) -> None:
                  "torchserve_target": args.torchserve_target}
     settings = load_settings(args.config, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(settings))
+    if args.start_torchserve is None:
+        asyncio.run(run(settings))
+        return
+    from layermask_service.torchserve_process import DEFAULT_CONFIG, TorchServeProcess
+
+    for name in settings.models:
+        if not (args.start_torchserve / f"{name}.mar").is_file():
+            raise FileNotFoundError(f"no archive {args.start_torchserve / f'{name}.mar'}; build it with "
+                                    f"`layermask archive --model {name} -o {args.start_torchserve}`")
+    torchserve = TorchServeProcess(args.start_torchserve, list(settings.models),
+                                   config=args.torchserve_config or DEFAULT_CONFIG, workdir=Path(".torchserve"))
+    logging.getLogger("layermask.torchserve").info("starting TorchServe (logs in %s)", torchserve.workdir)
+    torchserve.start()
+    try:
+        asyncio.run(run(dataclasses.replace(settings, backend="torchserve", torchserve_target=torchserve.grpc_target)))
+    finally:
+        torchserve.stop()
 
 
 def run_archive(args: argparse.Namespace) -> None:

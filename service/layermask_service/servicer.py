@@ -138,7 +138,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     # ---------------------------------------------------------------- common
     def _require_loaded(self) -> None:
         if not self.backend.loaded.is_set():
-            raise BackendUnavailable("models are still loading; retry when health reports SERVING")
+            raise BackendUnavailable(f"{self.backend.waiting_for}; retry when health reports SERVING")
 
     async def _explain(self, request: pb.ExplainRequest, guard: _CallGuard,
                        progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:

@@ -76,7 +76,8 @@ class TorchServeBackend(Backend):
                 self.loaded.set()
                 return
             except BackendUnavailable as error:
-                log.warning("waiting for TorchServe: %s", error)
+                self.waiting_for = f"waiting for TorchServe: {error}"
+                log.warning("%s", self.waiting_for)
                 time.sleep(1.0)
 
     def available(self) -> bool:
@@ -94,6 +95,9 @@ class TorchServeBackend(Backend):
             payload = self._predictions(model.name, "masked_batch", request.SerializeToString(),
                                         self.settings.torchserve_timeout)
             response = bpb.MaskedBatchResponse.FromString(payload)
+            if response.HasField("error"):
+                message = f"TorchServe's handler refused the batch ({response.error.status}): {response.error.message}"
+                raise InvalidArgument(message) if response.error.status == 400 else BackendUnavailable(message)
             columns = model.num_classes if job.labels is None else len(job.labels)
             try:
                 return probabilities_from(response, job.num_rows, columns)

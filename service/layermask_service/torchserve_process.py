@@ -60,14 +60,14 @@ class TorchServeProcess:
         self.properties = read_properties(config)
         metrics_config = self.properties.get("metrics_config")
         if metrics_config and not Path(metrics_config).is_absolute():
-            self.properties["metrics_config"] = str(config.resolve().parent.parent / metrics_config)
+            self.properties["metrics_config"] = str(REPOSITORY / metrics_config)
         self.properties["model_store"] = str(self.model_store)
         if free_ports:
             for key in PORT_KEYS:
                 port = free_port()
                 self.properties[key] = f"http://127.0.0.1:{port}" if key.endswith("address") else str(port)
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="layermask-torchserve-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="layermask-torchserve-")).resolve()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,7 +105,7 @@ class TorchServeProcess:
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited with status {self.process.returncode}; see "
+                raise OSError(f"TorchServe exited with status {self.process.returncode}; see "
                                    f"{self.workdir / 'torchserve.log'}")
             if time.monotonic() > deadline:
                 self.stop()
