@@ -137,11 +137,13 @@ def test_torchserve_rest_api_gives_layer_masked_explanations(torchserve: TorchSe
     assert status == 400 and json.loads(payload)["message"].startswith("keep_probability: ")
 
 
-def _rows_per_forward(torchserve: TorchServeProcess) -> dict[str, float]:
+def _histogram_buckets(torchserve: TorchServeProcess, name: str) -> dict[str, float]:
+    """The cumulative bucket counts of one of the handler's histograms on TorchServe's /metrics."""
     with urllib.request.urlopen(torchserve.metrics_url, timeout=10) as response:
         text = response.read().decode()
     return {sample.labels["le"]: sample.value for family in text_string_to_metric_families(text)
-            if family.name == "RowsPerForward" for sample in family.samples if sample.name.endswith("_bucket")}
+            if family.name == name for sample in family.samples
+            if sample.name.endswith("_bucket") and sample.labels.get("ModelName") == MODEL}
 
 
 def test_concurrent_explanations_share_forward_passes(torchserve: TorchServeProcess,
@@ -172,9 +174,10 @@ def test_concurrent_explanations_share_forward_passes(torchserve: TorchServeProc
         image = decode_image(CHELSEA if index % 2 == 0 else COFFEE)
         local = layermask.explain(default_model, image, segmentation="grid", num_samples=48, **a)  # type: ignore[arg-type]
         _assert_same_weights(responses[index], local)
-    buckets = _rows_per_forward(torchserve)
+    buckets = _histogram_buckets(torchserve, "RowsPerForward")
     # The service sends 8 rows per request; a forward pass of more than 10 rows joined several requests.
     assert buckets["+Inf"] > buckets["10.0"], buckets
+    assert _histogram_buckets(torchserve, "HandlerLatency")["+Inf"] > 0
 
 
 def test_masked_batches_from_an_onnx_archive(tmp_path: Path, default_model: layermask.LoadedModel) -> None:
