@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run run-torchserve demo test lint bench stubs clean
+.PHONY: install java run run-torchserve demo test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
+# TorchServe needs a Java runtime (11+): install one where `java` is missing (Debian/Ubuntu).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+java:
+	@command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
+
 # The main job: the gRPC ExplainService on localhost:50051, metrics on localhost:9464,
 # EfficientNet-Lite0 with layer masking (Ctrl-C or SIGTERM drains in-flight calls and stops).
 run: $(INSTALLED)
@@ -20,7 +25,7 @@ run: $(INSTALLED)
 
 # The same service with its masked batches run by TorchServe (gRPC 127.0.0.1:7070, REST 8080,
 # management 8081, metrics 8082; model_store/config.properties), both stopped by Ctrl-C.
-run-torchserve: $(INSTALLED)
+run-torchserve: $(INSTALLED) java
 	$(BIN)/layermask archive --model efficientnet_lite0 -o model_store
 	$(BIN)/layermask serve --start-torchserve model_store
 
@@ -31,7 +36,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint java
 	$(BIN)/pytest
 
 bench: $(INSTALLED)
