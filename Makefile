@@ -43,6 +43,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/masked_forward.py
 	$(BIN)/python bench/lime.py
 	$(BIN)/python bench/service_overhead.py
+	$(BIN)/python bench/backends.py
 
 # Regenerate the committed gRPC stubs after editing protos/ (a test fails while they are stale).
 stubs: $(INSTALLED)
