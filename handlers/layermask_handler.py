@@ -46,6 +46,8 @@ TOP_PREDICTIONS = 5
 
 
 class LayerMaskHandler:
+    """TorchServe's entry point: ``initialize(context)`` once per worker, then ``handle(data, context)`` per batch."""
+
     # TorchServe loads the one class defined at the top of this module, so the kinds of request
     # read from a batch are nested here.
     @dataclass
