@@ -24,9 +24,10 @@ import torch
 from PIL import Image
 from skimage import data
 
+from layermask.allocator import keep_freed_memory
 from layermask_service.archive import ArchiveSettings, build_archive
 from layermask_service.client import ExplainClient, explain_request
-from layermask_service.server import BackgroundServer, use_one_malloc_arena
+from layermask_service.server import BackgroundServer
 from layermask_service.settings import Settings
 from layermask_service.torchserve_process import TorchServeProcess
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    use_one_malloc_arena()  # as `layermask serve` does
+    keep_freed_memory()  # as `layermask serve` does
 
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, format="PNG")

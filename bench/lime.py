@@ -2,11 +2,13 @@
 
 Both explain skimage's ``chelsea`` at 224² over the same quickshift segmentation. lime runs its
 ``LimeImageExplainer`` with a grey ``hide_color`` (0 after normalisation) and its default
-``batch_size=10``; layermask runs ``explain(..., masking="layer")`` with its default batch size.
-Each measurement runs in a fresh child process, interleaved, so peak RSS is per run; the table
-gives medians.
+``batch_size=10``; layermask runs ``explain(..., masking="layer")`` with its default batch size,
+in a process set up as the ``layermask`` command sets itself up (``keep_freed_memory``).
+``--tuned-lime`` also runs lime in a process with that allocator setting, to show how much of
+the difference it accounts for. Each measurement runs in a fresh child process, interleaved, so
+peak RSS is per run; the table gives medians.
 
-    .venv/bin/python bench/lime.py [--repeats 3] [--samples 1000]
+    .venv/bin/python bench/lime.py [--repeats 3] [--samples 1000] [--tuned-lime]
     .venv/bin/python bench/lime.py --batch-sweep        # per-image time of the masked forward
 """
 
@@ -69,17 +71,24 @@ def run_lime(samples: int) -> dict[str, float]:
 
 
 def child(which: str, samples: int, batch_size: int | None) -> None:
+    from layermask.allocator import keep_freed_memory
+
     torch.set_num_threads(2)
+    if which in ("layermask", "lime-tuned"):
+        keep_freed_memory()
     result = run_layermask(samples, batch_size) if which == "layermask" else run_lime(samples)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 def batch_sweep(sizes: list[int], repeats: int) -> None:
-    from layermask.lime import rows_to_masks, sample_perturbations
+    from layermask.allocator import keep_freed_memory
+    from layermask.lime import sample_perturbations
     from layermask.maskers import get_masker
+    from layermask.scoring import rows_to_masks
 
     torch.set_num_threads(2)
+    keep_freed_memory()
     model, _, crop, segments = _setup()
     image = model.preprocessing.normalise(crop).unsqueeze(0)  # type: ignore[attr-defined]
     masker = get_masker("layer", model)  # type: ignore[arg-type]
@@ -103,7 +112,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=None, help="layermask batch size (default: its own)")
     parser.add_argument("--batch-sweep", action="store_true")
-    parser.add_argument("--child", choices=["layermask", "lime"], help=argparse.SUPPRESS)
+    parser.add_argument("--tuned-lime", action="store_true", help="also run lime with keep_freed_memory()")
+    parser.add_argument("--child", choices=["layermask", "lime", "lime-tuned"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.samples, args.batch_size)
@@ -112,6 +122,8 @@ def main() -> None:
         batch_sweep([1, 2, 4, 8, 10, 16, 32], repeats=5)
         return
     results: dict[str, list[dict[str, float]]] = {"layermask": [], "lime": []}
+    if args.tuned_lime:
+        results["lime-tuned"] = []
     for _ in range(args.repeats):
         for which in results:
             command = [sys.executable, __file__, "--child", which, "--samples", str(args.samples)]
@@ -125,11 +137,17 @@ def main() -> None:
     print(f"{args.samples} samples, {int(results['lime'][0]['segments'])} quickshift segments, "
           f"median of {args.repeats}, torch {torch.__version__}, 2 threads")
     print("| explainer | time (s) | peak RSS (MiB) |\n|---|---|---|")
-    for which, label in (("layermask", "layermask, layer masking"), ("lime", "lime 0.2.0.1, grey, batch 10")):
+    labels = {"layermask": "layermask, layer masking", "lime": "lime 0.2.0.1, grey, batch 10",
+              "lime-tuned": "lime 0.2.0.1, grey, batch 10, keep_freed_memory()"}
+    for which in results:
+        label = labels[which]
         rss = statistics.median(r["peak_rss_mib"] for r in results[which])
         seconds = statistics.median(r["seconds"] for r in results[which])
         print(f"| {label} | {seconds:.2f} | {rss:.0f} |")
     print(f"\nratio layermask / lime: {ours / theirs:.2f}×")
+    if args.tuned_lime:
+        tuned = statistics.median(r["seconds"] for r in results["lime-tuned"])
+        print(f"ratio layermask / lime with keep_freed_memory(): {ours / tuned:.2f}×")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from PIL import Image
 from skimage import data
 
 import layermask
+from layermask.allocator import keep_freed_memory
 from layermask.images import decode_image
 from layermask_service.client import ExplainClient, explain_request
-from layermask_service.server import BackgroundServer, use_one_malloc_arena
+from layermask_service.server import BackgroundServer
 from layermask_service.settings import Settings
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    use_one_malloc_arena()  # as `layermask serve` does, so both paths allocate alike
+    keep_freed_memory()  # as `layermask serve` does, so both paths allocate alike
 
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, format="PNG")

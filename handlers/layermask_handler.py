@@ -30,6 +30,7 @@ import torch
 from google.protobuf import json_format
 from ts.metrics.metric_type_enum import MetricTypes
 
+from layermask.allocator import keep_freed_memory
 from layermask.explanation import Explanation
 from layermask.lime import ExplanationPlan, explain_many, plan_explanation
 from layermask.maskers import cached_masker
@@ -75,6 +76,7 @@ class LayerMaskHandler:
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
+        keep_freed_memory()  # this worker process only runs forward passes
         settings = (context.model_yaml_config or {}).get("layermask") or {}
         if "model" not in settings:
             raise ValueError("model-config.yaml has no layermask.model; build the archive with `layermask archive`")

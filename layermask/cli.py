@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from layermask.allocator import keep_freed_memory
 from layermask.cli_explain import add_explain_command, run_explain
 from layermask.errors import UnsupportedLayerError
 from layermask.models import DEFAULT_MODEL
@@ -72,6 +73,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     commands = {"explain": run_explain, "demo": _run_demo, "export-onnx": _run_export}
+    keep_freed_memory()
     return guarded(commands[args.command], args)
 
 

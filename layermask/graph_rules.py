@@ -43,7 +43,7 @@ class GraphRules:
         self.traced = traced
         self.modules = dict(traced.named_modules())
         self.graph = fx.Graph()
-        self.plan = MaskPlan(self.graph, self._ones_kernel)
+        self.plan = MaskPlan(self.graph)
         # The new graph addresses the original's submodules and attributes by their original paths.
         self.root = nn.Module()
         for name, child in model.named_children():

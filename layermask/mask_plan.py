@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch.fx as fx
@@ -20,9 +19,8 @@ class MaskPlan:
     coefficients, instead of starting a new chain at every block.
     """
 
-    def __init__(self, graph: fx.Graph, ones_kernel: Callable[[int], fx.Node]) -> None:
+    def __init__(self, graph: fx.Graph) -> None:
         self._graph = graph
-        self._ones_kernel = ones_kernel
         self._emitted: dict[tuple[Any, ...], fx.Node] = {}
         self._fill_steps: dict[fx.Node, tuple[list[fx.Node], fx.Node]] = {}
         self._identity: dict[fx.Node, Any] = {}  # subsample nodes -> ("subsample", source, stride)
@@ -40,7 +38,7 @@ class MaskPlan:
     def fill_coefficients(self, mask: fx.Node, iterations: int) -> tuple[fx.Node, ...]:
         coefficients, grown = self._fill_steps.get(mask, ([], mask))
         while len(coefficients) < iterations:
-            step = self.call(ops.mask_fill_step, grown, self._ones_kernel(1))
+            step = self.call(ops.mask_fill_step, grown)
             coefficients.append(self.item(step, 0))
             grown = self.item(step, 1)
         self._fill_steps[mask] = (coefficients, grown)

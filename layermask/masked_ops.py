@@ -10,6 +10,7 @@ the result.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,26 +37,101 @@ def neighbour_sum(a: torch.Tensor, ones_kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(a, ones_kernel, padding=1, groups=ones_kernel.shape[0])
 
 
-def mask_fill_step(mask: torch.Tensor, ones_kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One neighbour-padding iteration of a mask: ``(coefficient, grown mask)``.
+class FillStep(NamedTuple):
+    """One neighbour-padding iteration of a mask, computed once and shared by every layer it serves.
+
+    ``coefficient`` (N×1×H×W) is the dense form, ``(1 - m) / (den + eps)``. The iteration changes
+    an activation only at the *band*: hidden positions with a visible neighbour (elsewhere the
+    coefficient is 0, or no neighbour is visible and the neighbour sum is 0). ``band`` lists those
+    positions as flat ``n·H·W + h·W + w`` indices, ``neighbours`` (B×9) their 3×3 neighbourhoods
+    (clamped inside the map where ``inside`` is 0) and ``band_coefficient`` (B×1) their
+    coefficients. The band fields are ``None`` while exporting to ONNX, which uses the dense form.
+    """
+
+    coefficient: torch.Tensor
+    band: torch.Tensor | None = None
+    neighbours: torch.Tensor | None = None
+    inside: torch.Tensor | None = None
+    band_coefficient: torch.Tensor | None = None
+
+
+_ROW_OFFSETS = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1])
+_COLUMN_OFFSETS = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1])
+
+
+def _band(mask: torch.Tensor, den: torch.Tensor, coefficient: torch.Tensor) -> FillStep:
+    _, _, height, width = mask.shape
+    band = torch.nonzero(((mask < 1) & (den > 0)).flatten()).flatten().unsqueeze(1)
+    rows = (band // width) % height + _ROW_OFFSETS
+    columns = band % width + _COLUMN_OFFSETS
+    inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
+    neighbours = torch.where(inside, band + _ROW_OFFSETS * width + _COLUMN_OFFSETS, band)
+    return FillStep(coefficient, band.squeeze(1), neighbours, inside.to(mask.dtype),
+                    coefficient.flatten()[band])
+
+
+def mask_neighbour_sum(mask: torch.Tensor) -> torch.Tensor:
+    """:func:`neighbour_sum` of a one-channel mask, as shifted additions (far faster than a
+    one-channel convolution on the CPU; exact for 0/1 masks).
+
+    The ONNX export keeps the convolution, whose output shape the exporter can infer.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return neighbour_sum(mask, torch.ones(1, 1, 3, 3, dtype=mask.dtype, device=mask.device))
+    padded = F.pad(mask, (1, 1, 1, 1))
+    rows = padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]
+    return rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+
+
+def mask_fill_step(mask: torch.Tensor) -> tuple[FillStep, torch.Tensor]:
+    """One neighbour-padding iteration of a mask: ``(step, grown mask)``.
 
     The coefficient is ``(1 - m) / (den + eps)`` so that the activation update of the spec,
     ``a + (1 - m) ⊙ num / (den + eps)``, becomes ``a + num ⊙ coefficient``.
     """
-    den = neighbour_sum(mask, ones_kernel)
+    den = mask_neighbour_sum(mask)
     coefficient = (1.0 - mask) / (den + FILL_EPS)
-    return coefficient, (mask + den).clamp_(0.0, 1.0)
+    step = FillStep(coefficient) if torch.onnx.is_in_onnx_export() else _band(mask, den, coefficient)
+    return step, (mask + den).clamp_(0.0, 1.0)
 
 
-def neighbour_fill(a: torch.Tensor, coefficients: Sequence[torch.Tensor], ones_kernel: torch.Tensor) -> torch.Tensor:
-    """``fill(a, m, t)`` of the spec, given the ``t`` coefficients of :func:`mask_fill_step`."""
-    for coefficient in coefficients:
-        total = neighbour_sum(a, ones_kernel)
-        if torch.onnx.is_in_onnx_export():  # the exporter has no out= form
-            a = torch.addcmul(a, total, coefficient)
-        else:  # writing into the fresh neighbour-sum buffer saves a large allocation per iteration
-            a = torch.addcmul(a, total, coefficient, out=total)
-    return a
+def _padded_index(index: torch.Tensor, height: int, width: int, pad: Pad) -> torch.Tensor:
+    """Flat ``n·H·W + h·W + w`` positions of an H×W map, as positions in the map padded by ``pad``."""
+    left, right, top, bottom = pad
+    padded_width = width + left + right
+    image, rest = index // (height * width), index % (height * width)
+    return (image * (height + top + bottom) + rest // width + top) * padded_width + rest % width + left
+
+
+def neighbour_fill(a: torch.Tensor, steps: Sequence[FillStep], ones_kernel: torch.Tensor,
+                   pad: Pad | None = None) -> torch.Tensor:
+    """``fill(a, m, t)`` of the spec, given the ``t`` steps of :func:`mask_fill_step`, then zero ``pad``.
+
+    Only the band of each step is computed (a gathered 3×3 sum per band position on a
+    channels-last copy, written into the padded buffer when there is ``pad``), which is exact:
+    everywhere else the update is 0. The dense form (a depthwise neighbour sum over the whole map)
+    is kept for the ONNX export and for masks whose batch differs from the activation's.
+    """
+    n, channels, height, width = a.shape
+    if not steps or torch.onnx.is_in_onnx_export() or steps[0].band is None or steps[0].coefficient.shape[0] != n:
+        for step in steps:
+            total = neighbour_sum(a, ones_kernel)
+            if torch.onnx.is_in_onnx_export():  # the exporter has no out= form
+                a = torch.addcmul(a, total, step.coefficient)
+            else:  # writing into the fresh neighbour-sum buffer saves a large allocation per iteration
+                a = torch.addcmul(a, total, step.coefficient, out=total)
+        return a if pad is None else pad_pair(a, pad)
+    out = a.clone(memory_format=torch.channels_last) if pad is None else pad_pair(a, pad, torch.channels_last)
+    rows = out.permute(0, 2, 3, 1).view(-1, channels)
+    for step in steps:
+        assert step.band is not None and step.neighbours is not None and step.band_coefficient is not None
+        if step.band.numel():
+            band, neighbours = step.band, step.neighbours
+            if pad is not None:
+                band, neighbours = (_padded_index(i, height, width, pad) for i in (band, neighbours))
+            sums = F.embedding_bag(neighbours, rows, mode="sum", per_sample_weights=step.inside)
+            rows.index_add_(0, band, sums.mul_(step.band_coefficient))
+    return out
 
 
 def mask_max_pool(
@@ -125,7 +201,7 @@ def divide_by_visible(pooled: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def masked_conv2d(
     a: torch.Tensor,
-    coefficients: Sequence[torch.Tensor],
+    coefficients: Sequence[FillStep],
     ones_kernel: torch.Tensor | None,
     out_mask: torch.Tensor,
     weight: torch.Tensor,
@@ -138,9 +214,9 @@ def masked_conv2d(
 ) -> torch.Tensor:
     """Conv2d rule: neighbour-fill, optional explicit zero padding, the layer's conv, re-mask."""
     if ones_kernel is not None:
-        a = neighbour_fill(a, coefficients, ones_kernel)
-    if pre_pad is not None:
-        a = F.pad(a, pre_pad)
+        a = neighbour_fill(a, coefficients, ones_kernel, pre_pad)
+    elif pre_pad is not None:
+        a = pad_pair(a, pre_pad)
     y = F.conv2d(a, weight, bias, stride, padding, dilation, groups)
     return y.mul_(out_mask)
 
@@ -185,6 +261,23 @@ def add_pads(first: Pad, second: Pad) -> Pad:
     return (left, right, top, bottom)
 
 
-def pad_pair(a: torch.Tensor, pad: Pad) -> torch.Tensor:
-    """Materialise pending explicit zero padding on an activation (the mask gets it via ``F.pad`` too)."""
-    return F.pad(a, pad)
+def pad_pair(a: torch.Tensor, pad: Pad, layout: torch.memory_format | None = None) -> torch.Tensor:
+    """Materialise pending explicit zero padding on an activation (the mask gets it via ``F.pad`` too).
+
+    Outside the ONNX export, only the new border is zeroed, not the whole padded buffer as
+    ``F.pad`` does; the result has ``layout`` (by default the input's memory format).
+    """
+    left, right, top, bottom = pad
+    if torch.onnx.is_in_onnx_export() or min(pad) < 0:
+        return F.pad(a, pad)
+    n, channels, height, width = a.shape
+    if layout is None:
+        layout = torch.channels_last if a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty((n, channels, height + top + bottom, width + left + right), dtype=a.dtype, device=a.device,
+                      memory_format=layout)
+    out[:, :, top : top + height, left : left + width] = a
+    out[:, :, :top].zero_()
+    out[:, :, top + height :].zero_()
+    out[:, :, top : top + height, :left].zero_()
+    out[:, :, top : top + height, left + width :].zero_()
+    return out

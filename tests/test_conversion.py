@@ -162,10 +162,10 @@ def test_fill_steps_run_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> Non
     calls = 0
     original = masked_ops.mask_fill_step
 
-    def counting(mask: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def counting(mask: torch.Tensor) -> tuple[masked_ops.FillStep, torch.Tensor]:
         nonlocal calls
         calls += 1
-        return original(mask, kernel)
+        return original(mask)
 
     graph_globals = model.graph_module.forward.__globals__
     name = next(k for k, v in graph_globals.items() if v is original)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +23,7 @@ def test_fill_matches_the_spec_formula() -> None:
     for iterations in (1, 2, 4):
         coefficients, grown = [], m
         for _ in range(iterations):
-            coefficient, grown = masked_ops.mask_fill_step(grown, torch.ones(1, 1, 3, 3))
+            coefficient, grown = masked_ops.mask_fill_step(grown)
             coefficients.append(coefficient)
         expected = literal_fill(a, m, iterations)
         assert torch.allclose(masked_ops.neighbour_fill(a, coefficients, torch.ones(3, 1, 3, 3)), expected, atol=1e-5)
@@ -33,7 +34,7 @@ def test_fill_sets_frontier_to_mean_of_known_neighbours_and_keeps_known_pixels()
     m = torch.zeros(1, 1, 3, 3)
     a[0, 0, 0, 0], m[0, 0, 0, 0] = 2.0, 1.0
     a[0, 0, 0, 2], m[0, 0, 0, 2] = 4.0, 1.0
-    coefficient, _ = masked_ops.mask_fill_step(m, torch.ones(1, 1, 3, 3))
+    coefficient, _ = masked_ops.mask_fill_step(m)
     out = masked_ops.neighbour_fill(a, [coefficient], torch.ones(1, 1, 3, 3))
     assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 0, 2] == 4.0  # known pixels never change
     assert torch.isclose(out[0, 0, 0, 1], torch.tensor(3.0), atol=1e-4)  # touches both: their mean
@@ -84,3 +85,20 @@ def test_explicit_zero_padding_behaves_like_the_convs_own_padding() -> None:
     # Padding is never visible, and the fill never writes into it.
     out = layermask.layer_mask(asymmetric)(images, torch.ones_like(m))
     assert torch.allclose(out, asymmetric(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("pad", [None, (0, 1, 0, 1), (2, 0, 1, 3)])
+def test_band_fill_equals_the_dense_fill(pad: tuple[int, int, int, int] | None) -> None:
+    """The band-only fill (the default) against the dense depthwise form, with explicit padding fused in."""
+    a, m = random_pair(channels=5, size=17)
+    steps, grown = [], m
+    for _ in range(3):
+        step, grown = masked_ops.mask_fill_step(grown)
+        steps.append(step)
+    assert steps[0].band is not None and 0 < steps[0].band.numel() < m.numel()
+    kernel = torch.ones(5, 1, 3, 3)
+    dense = masked_ops.neighbour_fill(a, [masked_ops.FillStep(s.coefficient) for s in steps], kernel)
+    expected = dense if pad is None else F.pad(dense, pad)
+    band = masked_ops.neighbour_fill(a, steps, kernel, pad)
+    assert band.shape == expected.shape and band.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(band, expected, atol=1e-6)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import signal
 import threading
@@ -17,6 +15,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from layermask.allocator import keep_freed_memory
 from layermask_service.backend import Backend, EmbeddedBackend
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
@@ -25,7 +24,6 @@ from layermask_service.servicer import ExplainServicer
 from layermask_service.settings import Settings
 
 T = TypeVar("T")
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
 log = logging.getLogger("layermask.server")
 
@@ -119,24 +117,9 @@ def make_backend(settings: Settings, metrics: Metrics) -> Backend:
     return EmbeddedBackend(settings, metrics)
 
 
-def use_one_malloc_arena() -> bool:
-    """Make glibc serve every thread from the main malloc arena.
-
-    Compute runs in worker threads; glibc gives those arenas of their own whose large, short-lived
-    activation buffers are returned to the kernel and page-faulted back on every forward pass,
-    which made the same explanation ~20 % slower in a worker thread than in the main thread here.
-    Returns False where this is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, 1))
-    except (OSError, AttributeError):
-        return False
-
-
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight calls for ``grace_seconds`` and return."""
-    use_one_malloc_arena()
+    keep_freed_memory()
     server = ExplainServer(settings)
     await server.start()
     stop = asyncio.Event()
