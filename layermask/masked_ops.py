@@ -104,13 +104,14 @@ def _padded_index(index: torch.Tensor, height: int, width: int, pad: Pad) -> tor
 
 
 def neighbour_fill(a: torch.Tensor, steps: Sequence[FillStep], ones_kernel: torch.Tensor,
-                   pad: Pad | None = None) -> torch.Tensor:
+                   pad: Pad | None = None, in_place: bool = False) -> torch.Tensor:
     """``fill(a, m, t)`` of the spec, given the ``t`` steps of :func:`mask_fill_step`, then zero ``pad``.
 
     Only the band of each step is computed (a gathered 3×3 sum per band position on a
     channels-last copy, written into the padded buffer when there is ``pad``), which is exact:
     everywhere else the update is 0. The dense form (a depthwise neighbour sum over the whole map)
     is kept for the ONNX export and for masks whose batch differs from the activation's.
+    ``in_place`` lets the band fill overwrite ``a`` (when nothing else reads it).
     """
     n, channels, height, width = a.shape
     if not steps or torch.onnx.is_in_onnx_export() or steps[0].band is None or steps[0].coefficient.shape[0] != n:
@@ -121,7 +122,12 @@ def neighbour_fill(a: torch.Tensor, steps: Sequence[FillStep], ones_kernel: torc
             else:  # writing into the fresh neighbour-sum buffer saves a large allocation per iteration
                 a = torch.addcmul(a, total, step.coefficient, out=total)
         return a if pad is None else pad_pair(a, pad)
-    out = a.clone(memory_format=torch.channels_last) if pad is None else pad_pair(a, pad, torch.channels_last)
+    if pad is not None:
+        out = pad_pair(a, pad, torch.channels_last)
+    elif in_place and a.is_contiguous(memory_format=torch.channels_last):
+        out = a
+    else:
+        out = a.clone(memory_format=torch.channels_last)
     rows = out.permute(0, 2, 3, 1).view(-1, channels)
     for step in steps:
         assert step.band is not None and step.neighbours is not None and step.band_coefficient is not None
@@ -211,14 +217,38 @@ def masked_conv2d(
     dilation: tuple[int, int],
     groups: int,
     pre_pad: Pad | None = None,
+    fill_in_place: bool = False,
+    activation: tuple[str, tuple[float, ...]] | None = None,
 ) -> torch.Tensor:
-    """Conv2d rule: neighbour-fill, optional explicit zero padding, the layer's conv, re-mask."""
+    """Conv2d rule: neighbour-fill, optional explicit zero padding, the layer's conv, re-mask.
+
+    ``fill_in_place`` lets the fill overwrite ``a`` (set by :mod:`layermask.in_place` when no
+    other node reads ``a``). ``activation`` (``("relu", ())`` or ``("hardtanh", (lo, hi))``, set by
+    :mod:`layermask.conv_fusion`) is applied to the output, as a oneDNN post-op where possible.
+    """
     if ones_kernel is not None:
-        a = neighbour_fill(a, coefficients, ones_kernel, pre_pad)
+        a = neighbour_fill(a, coefficients, ones_kernel, pre_pad, fill_in_place)
     elif pre_pad is not None:
         a = pad_pair(a, pre_pad)
-    y = F.conv2d(a, weight, bias, stride, padding, dilation, groups)
-    return y.mul_(out_mask)
+    if activation is not None and _fused_conv_available(a, weight) and not isinstance(padding, str):
+        name, scalars = activation
+        y = torch.ops.mkldnn._convolution_pointwise(a, weight, bias, list(padding), list(stride), list(dilation),
+                                                    groups, name, list(scalars), "")
+        return y.mul_(out_mask)
+    y = F.conv2d(a, weight, bias, stride, padding, dilation, groups).mul_(out_mask)
+    if activation is None:
+        return y
+    name, scalars = activation
+    if name == "relu":
+        return F.relu(y, inplace=True)
+    low, high = scalars
+    return F.hardtanh(y, low, high, inplace=True)
+
+
+def _fused_conv_available(a: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's convolution with a post-op can run here (float32 CPU, outside the ONNX export)."""
+    return (a.device.type == "cpu" and a.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.onnx.is_in_onnx_export() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 def masked_max_pool2d(

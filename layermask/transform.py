@@ -19,8 +19,10 @@ from torch import nn
 
 from layermask import masked_ops as ops
 from layermask import op_rules as rules
+from layermask.conv_fusion import fuse_conv_activations
 from layermask.fill_pruning import prune_fill_iterations
 from layermask.graph_rules import GraphRules, Spatial
+from layermask.in_place import run_in_place
 from layermask.masked_model import LayerMaskedModel
 
 __all__ = ["LayerMaskedModel", "layer_mask"]
@@ -74,6 +76,8 @@ class _Converter(GraphRules):
         graph_module.recompile()
         if prune_fill:
             prune_fill_iterations(graph_module)
+        fuse_conv_activations(graph_module)
+        run_in_place(graph_module)
         return LayerMaskedModel(graph_module, self.in_channels)
 
     def _copy_arg(self, node: fx.Node) -> Any:
