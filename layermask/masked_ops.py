@@ -43,16 +43,33 @@ class FillStep(NamedTuple):
     ``coefficient`` (N×1×H×W) is the dense form, ``(1 - m) / (den + eps)``. The iteration changes
     an activation only at the *band*: hidden positions with a visible neighbour (elsewhere the
     coefficient is 0, or no neighbour is visible and the neighbour sum is 0). ``band`` lists those
-    positions as flat ``n·H·W + h·W + w`` indices, ``neighbours`` (B×9) their 3×3 neighbourhoods
-    (clamped inside the map where ``inside`` is 0) and ``band_coefficient`` (B×1) their
-    coefficients. The band fields are ``None`` while exporting to ONNX, which uses the dense form.
+    positions as flat ``n·H·W + h·W + w`` indices (``position`` holds their ``n``, ``h``, ``w``,
+    3×B), ``neighbours`` (B×9) their 3×3 neighbourhoods (clamped inside the map where ``inside``
+    is 0) and ``band_coefficient`` (B×1) their coefficients. The band fields are ``None`` while
+    exporting to ONNX, which uses the dense form.
     """
 
     coefficient: torch.Tensor
     band: torch.Tensor | None = None
+    position: torch.Tensor | None = None
     neighbours: torch.Tensor | None = None
     inside: torch.Tensor | None = None
     band_coefficient: torch.Tensor | None = None
+
+    def in_padded_map(self, height: int, width: int, pad: Pad) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(band, neighbours)`` as flat positions of the H×W map padded by ``pad``.
+
+        Neighbours outside the original map (``inside`` 0) may point anywhere valid: they are
+        read with weight 0.
+        """
+        assert self.position is not None
+        left, right, top, bottom = pad
+        padded_height, padded_width = height + top + bottom, width + left + right
+        image, row, column = self.position
+        band = (image * padded_height + row + top) * padded_width + column + left
+        offsets = _ROW_OFFSETS * padded_width + _COLUMN_OFFSETS
+        last = self.coefficient.shape[0] * padded_height * padded_width - 1
+        return band, (band.unsqueeze(1) + offsets).clamp_(0, last)
 
 
 _ROW_OFFSETS = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1])
@@ -61,13 +78,14 @@ _COLUMN_OFFSETS = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1])
 
 def _band(mask: torch.Tensor, den: torch.Tensor, coefficient: torch.Tensor) -> FillStep:
     _, _, height, width = mask.shape
-    band = torch.nonzero(((mask < 1) & (den > 0)).flatten()).flatten().unsqueeze(1)
-    rows = (band // width) % height + _ROW_OFFSETS
-    columns = band % width + _COLUMN_OFFSETS
+    band = torch.nonzero(((mask < 1) & (den > 0)).flatten()).flatten()
+    line, column = band // width, band % width
+    image, row = line // height, line % height
+    rows, columns = row.unsqueeze(1) + _ROW_OFFSETS, column.unsqueeze(1) + _COLUMN_OFFSETS
     inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
-    neighbours = torch.where(inside, band + _ROW_OFFSETS * width + _COLUMN_OFFSETS, band)
-    return FillStep(coefficient, band.squeeze(1), neighbours, inside.to(mask.dtype),
-                    coefficient.flatten()[band])
+    neighbours = torch.where(inside, band.unsqueeze(1) + _ROW_OFFSETS * width + _COLUMN_OFFSETS, band.unsqueeze(1))
+    return FillStep(coefficient, band, torch.stack((image, row, column)), neighbours, inside.to(mask.dtype),
+                    coefficient.flatten()[band].unsqueeze(1))
 
 
 def mask_neighbour_sum(mask: torch.Tensor) -> torch.Tensor:
@@ -93,14 +111,6 @@ def mask_fill_step(mask: torch.Tensor) -> tuple[FillStep, torch.Tensor]:
     coefficient = (1.0 - mask) / (den + FILL_EPS)
     step = FillStep(coefficient) if torch.onnx.is_in_onnx_export() else _band(mask, den, coefficient)
     return step, (mask + den).clamp_(0.0, 1.0)
-
-
-def _padded_index(index: torch.Tensor, height: int, width: int, pad: Pad) -> torch.Tensor:
-    """Flat ``n·H·W + h·W + w`` positions of an H×W map, as positions in the map padded by ``pad``."""
-    left, right, top, bottom = pad
-    padded_width = width + left + right
-    image, rest = index // (height * width), index % (height * width)
-    return (image * (height + top + bottom) + rest // width + top) * padded_width + rest % width + left
 
 
 def neighbour_fill(a: torch.Tensor, steps: Sequence[FillStep], ones_kernel: torch.Tensor,
@@ -134,7 +144,7 @@ def neighbour_fill(a: torch.Tensor, steps: Sequence[FillStep], ones_kernel: torc
         if step.band.numel():
             band, neighbours = step.band, step.neighbours
             if pad is not None:
-                band, neighbours = (_padded_index(i, height, width, pad) for i in (band, neighbours))
+                band, neighbours = step.in_padded_map(height, width, pad)
             sums = F.embedding_bag(neighbours, rows, mode="sum", per_sample_weights=step.inside)
             rows.index_add_(0, band, sums.mul_(step.band_coefficient))
     return out
