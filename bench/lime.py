@@ -9,7 +9,7 @@ the difference it accounts for. Each measurement runs in a fresh child process, 
 peak RSS is per run; the table gives medians.
 
     .venv/bin/python bench/lime.py [--repeats 3] [--samples 1000] [--tuned-lime]
-    .venv/bin/python bench/lime.py --batch-sweep        # per-image time of the masked forward
+    .venv/bin/python bench/lime.py --batch-sweep        # per-image time of the masked forward by batch
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def child(which: str, samples: int, batch_size: int | None) -> None:
     print(json.dumps(result))
 
 
-def batch_sweep(sizes: list[int], repeats: int) -> None:
+def batch_sweep(sizes: list[int], repeats: int, rows_per_round: int = 256) -> None:
+    """Per-image time of the layer-masked forward by batch size: each round runs the same
+    ``rows_per_round`` LIME rows at every size in turn (interleaved, so all sizes share the
+    machine's state); medians over ``repeats`` rounds."""
     from layermask.allocator import keep_freed_memory
     from layermask.lime import sample_perturbations
     from layermask.maskers import get_masker
@@ -93,17 +96,19 @@ def batch_sweep(sizes: list[int], repeats: int) -> None:
     image = model.preprocessing.normalise(crop).unsqueeze(0)  # type: ignore[attr-defined]
     masker = get_masker("layer", model)  # type: ignore[arg-type]
     segment_map = torch.from_numpy(segments).long()
-    rows = sample_perturbations(max(sizes) * repeats, int(segments.max()) + 1, 0.5, seed=0)
-    print("| batch size | ms per image (median) |\n|---|---|")
+    rows = sample_perturbations(rows_per_round, int(segments.max()) + 1, 0.5, seed=0)
+    times: dict[int, list[float]] = {size: [] for size in sizes}
     for size in sizes:
-        masks = rows_to_masks(rows[:size], segment_map)
-        masker(image, masks)
-        times = []
-        for _ in range(max(repeats, 64 // size)):
+        masker(image, rows_to_masks(rows[:size], segment_map))
+    for _ in range(repeats):
+        for size in sizes:
             start = time.perf_counter()
-            masker(image, masks)
-            times.append((time.perf_counter() - start) / size * 1000)
-        print(f"| {size} | {statistics.median(times):.1f} |", flush=True)
+            for first in range(0, rows_per_round, size):
+                masker(image, rows_to_masks(rows[first : first + size], segment_map))
+            times[size].append((time.perf_counter() - start) / rows_per_round * 1000)
+    print("| batch size | ms per image (median) |\n|---|---|")
+    for size, values in times.items():
+        print(f"| {size} | {statistics.median(values):.1f} |", flush=True)
 
 
 def main() -> None:
@@ -119,7 +124,7 @@ def main() -> None:
         child(args.child, args.samples, args.batch_size)
         return
     if args.batch_sweep:
-        batch_sweep([1, 2, 4, 8, 10, 16, 32], repeats=5)
+        batch_sweep([4, 8, 16, 32, 64], repeats=4)
         return
     results: dict[str, list[dict[str, float]]] = {"layermask": [], "lime": []}
     if args.tuned_lime:

@@ -37,10 +37,11 @@ __all__ = ["explain", "explain_many", "plan_explanation", "rows_to_masks", "samp
 
 Progress = Callable[[int, int], None]
 
-# Measured with bench/lime.py --batch-sweep on the 2-core CPU machines (docs/benchmarks.md): the
-# layer-masked EfficientNet-Lite0 is fastest per image around batch 8; from 16 up the per-image
-# time grows. Only the CPU has been measured; other devices use the CPU figure until they are.
-DEFAULT_BATCH_SIZE = {"cpu": 8}
+# Measured on the 2-core CPU machines (docs/benchmarks.md, interleaved in one process): with the
+# band-only fill and freed memory kept for reuse, the layer-masked EfficientNet-Lite0 takes 11.1,
+# 10.6, 10.3 and 10.3 ms per image at batch 8, 16, 32 and 64. Only the CPU has been measured;
+# other devices use the CPU figure until they are.
+DEFAULT_BATCH_SIZE = {"cpu": 32}
 
 
 def sample_perturbations(num_samples: int, num_segments: int, keep_probability: float, seed: int) -> np.ndarray:
