@@ -15,6 +15,7 @@ import io
 import statistics
 import time
 
+import _unshadow  # noqa: F401  (before anything imports onnx: bench/onnx.py would shadow it)
 import torch
 from PIL import Image
 from skimage import data
