@@ -67,7 +67,8 @@ class FillStep(NamedTuple):
         padded_height, padded_width = height + top + bottom, width + left + right
         image, row, column = self.position
         band = (image * padded_height + row + top) * padded_width + column + left
-        offsets = _ROW_OFFSETS * padded_width + _COLUMN_OFFSETS
+        row_offsets, column_offsets = _offsets(band.device)
+        offsets = row_offsets * padded_width + column_offsets
         last = self.coefficient.shape[0] * padded_height * padded_width - 1
         return band, (band.unsqueeze(1) + offsets).clamp_(0, last)
 
@@ -76,14 +77,20 @@ _ROW_OFFSETS = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1])
 _COLUMN_OFFSETS = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1])
 
 
+def _offsets(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column offsets of a 3×3 neighbourhood, on ``device``."""
+    return _ROW_OFFSETS.to(device), _COLUMN_OFFSETS.to(device)
+
+
 def _band(mask: torch.Tensor, den: torch.Tensor, coefficient: torch.Tensor) -> FillStep:
     _, _, height, width = mask.shape
     band = torch.nonzero(((mask < 1) & (den > 0)).flatten()).flatten()
     line, column = band // width, band % width
     image, row = line // height, line % height
-    rows, columns = row.unsqueeze(1) + _ROW_OFFSETS, column.unsqueeze(1) + _COLUMN_OFFSETS
+    row_offsets, column_offsets = _offsets(band.device)
+    rows, columns = row.unsqueeze(1) + row_offsets, column.unsqueeze(1) + column_offsets
     inside = (rows >= 0) & (rows < height) & (columns >= 0) & (columns < width)
-    neighbours = torch.where(inside, band.unsqueeze(1) + _ROW_OFFSETS * width + _COLUMN_OFFSETS, band.unsqueeze(1))
+    neighbours = torch.where(inside, band.unsqueeze(1) + row_offsets * width + column_offsets, band.unsqueeze(1))
     return FillStep(coefficient, band, torch.stack((image, row, column)), neighbours, inside.to(mask.dtype),
                     coefficient.flatten()[band].unsqueeze(1))
 
