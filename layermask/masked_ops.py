@@ -247,25 +247,27 @@ def masked_conv2d(
         a = neighbour_fill(a, coefficients, ones_kernel, pre_pad, fill_in_place)
     elif pre_pad is not None:
         a = pad_pair(a, pre_pad)
-    if activation is not None and _fused_conv_available(a, weight) and not isinstance(padding, str):
-        name, scalars = activation
+    if activation is None:
+        return F.conv2d(a, weight, bias, stride, padding, dilation, groups).mul_(out_mask)
+    name, scalars = activation
+    if _fused_conv_available(a, weight) and not isinstance(padding, str):
         y = torch.ops.mkldnn._convolution_pointwise(a, weight, bias, list(padding), list(stride), list(dilation),
                                                     groups, name, list(scalars), "")
         return y.mul_(out_mask)
     y = F.conv2d(a, weight, bias, stride, padding, dilation, groups).mul_(out_mask)
-    if activation is None:
-        return y
-    name, scalars = activation
     if name == "relu":
         return F.relu(y, inplace=True)
     low, high = scalars
     return F.hardtanh(y, low, high, inplace=True)
 
 
+_ONEDNN_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
 def _fused_conv_available(a: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN's convolution with a post-op can run here (float32 CPU, outside the ONNX export)."""
-    return (a.device.type == "cpu" and a.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and not torch.onnx.is_in_onnx_export() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    return (_ONEDNN_FUSED_CONV and a.device.type == "cpu" and a.dtype == weight.dtype == torch.float32
+            and not torch.onnx.is_in_onnx_export())
 
 
 def masked_max_pool2d(
