@@ -25,11 +25,11 @@ from PIL import Image
 from skimage import data
 
 from layermask.allocator import keep_freed_memory
-from layermask_service.archive import ArchiveSettings, build_archive
 from layermask_service.client import ExplainClient, explain_request
 from layermask_service.server import BackgroundServer
 from layermask_service.settings import Settings
-from layermask_service.torchserve_process import TorchServeProcess
+from layermask_service.torchserve.archive import ArchiveSettings, build_archive
+from layermask_service.torchserve.process import TorchServeProcess
 
 MODEL = "efficientnet_lite0"
 

@@ -22,11 +22,11 @@ import torch
 import torchvision
 
 import layermask
-from layermask.lime import rows_to_masks, sample_perturbations
-from layermask.masks import random_patch_masks
-from layermask.onnx_export import export_onnx
-from layermask.onnx_runtime import OnnxMaskedModel
-from layermask.segmentation import segment
+from layermask.explanation.lime import rows_to_masks, sample_perturbations
+from layermask.explanation.segmentation import segment
+from layermask.masking.masks import random_patch_masks
+from layermask.onnx.export import export_onnx
+from layermask.onnx.runtime import OnnxMaskedModel
 
 
 def resnet50() -> layermask.LoadedModel:

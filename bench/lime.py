@@ -32,7 +32,7 @@ def _setup() -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
     from skimage import data
 
     import layermask
-    from layermask.segmentation import segment
+    from layermask.explanation.segmentation import segment
 
     model = layermask.load_model("efficientnet_lite0")
     photo = data.chelsea()
@@ -41,7 +41,7 @@ def _setup() -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run_layermask(samples: int, batch_size: int | None) -> dict[str, float]:
-    from layermask.lime import explain
+    from layermask.explanation.lime import explain
 
     model, photo, _, segments = _setup()
     start = time.perf_counter()
@@ -86,9 +86,9 @@ def batch_sweep(sizes: list[int], repeats: int, rows_per_round: int = 256) -> No
     ``rows_per_round`` LIME rows at every size in turn (interleaved, so all sizes share the
     machine's state); medians over ``repeats`` rounds."""
     from layermask.allocator import keep_freed_memory
-    from layermask.lime import sample_perturbations
-    from layermask.maskers import get_masker
-    from layermask.scoring import rows_to_masks
+    from layermask.explanation.lime import sample_perturbations
+    from layermask.explanation.scoring import rows_to_masks
+    from layermask.masking.strategies import get_masker
 
     torch.set_num_threads(2)
     keep_freed_memory()

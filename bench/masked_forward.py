@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from layermask import layer_mask, load_model
-from layermask.masks import random_patch_masks
+from layermask.masking.masks import random_patch_masks
 
 
 def network(name: str) -> torch.nn.Module:

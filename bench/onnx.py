@@ -20,9 +20,9 @@ import torch
 import torchvision
 
 import layermask
-from layermask.masks import random_patch_masks
-from layermask.onnx_export import export_onnx
-from layermask.onnx_runtime import OnnxMaskedModel
+from layermask.masking.masks import random_patch_masks
+from layermask.onnx.export import export_onnx
+from layermask.onnx.runtime import OnnxMaskedModel
 
 
 def loaded(name: str) -> layermask.LoadedModel:

@@ -22,7 +22,7 @@ from skimage import data
 
 import layermask
 from layermask.allocator import keep_freed_memory
-from layermask.images import decode_image
+from layermask.models.images import decode_image
 from layermask_service.client import ExplainClient, explain_request
 from layermask_service.server import BackgroundServer
 from layermask_service.settings import Settings

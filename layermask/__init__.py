@@ -1,11 +1,10 @@
 """layermask: LIME explanations for image CNNs with layer masking (Balasubramanian & Feizi, ICCV 2023)."""
 
 from layermask.errors import UnsupportedLayerError
-from layermask.explanation import ClassScore, Explanation, LabelExplanation
-from layermask.lime import explain
-from layermask.maskers import MASKING_STRATEGIES, Masker, get_masker
-from layermask.models import DEFAULT_MODEL, LoadedModel, list_models, load_model, register_model
-from layermask.preprocessing import Preprocessing
+from layermask.explanation.lime import explain
+from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
+from layermask.masking import MASKING_STRATEGIES, Masker, get_masker
+from layermask.models import DEFAULT_MODEL, LoadedModel, Preprocessing, list_models, load_model, register_model
 from layermask.transform import LayerMaskedModel, layer_mask
 
 __all__ = [

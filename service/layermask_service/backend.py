@@ -2,8 +2,8 @@
 
 :class:`Backend` does the work common to all backends in this process (decoding, segmentation,
 sampling, fitting, through the core library); a backend supplies the models and a
-:data:`~layermask.scoring.Scorer` for the masked batches. :class:`EmbeddedBackend` holds the
-models and runs the batches in-process; :class:`~layermask_service.torchserve_backend.TorchServeBackend`
+:data:`~layermask.explanation.scoring.Scorer` for the masked batches. :class:`EmbeddedBackend` holds the
+models and runs the batches in-process; :class:`~layermask_service.torchserve.backend.TorchServeBackend`
 sends them to TorchServe.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layermask.explanation import ClassScore, Explanation
-from layermask.lime import default_batch_size, explain
-from layermask.maskers import MASKING_STRATEGIES, cached_masker
-from layermask.models import LoadedModel, load_model
-from layermask.onnx_export import export_onnx
-from layermask.onnx_runtime import load_onnx_model
-from layermask.scoring import LocalScorer, Scorer, ScoringJob
-from layermask.segmentation import segment
+from layermask.explanation.lime import default_batch_size, explain
+from layermask.explanation.result import ClassScore, Explanation
+from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob
+from layermask.explanation.segmentation import segment
+from layermask.masking.strategies import MASKING_STRATEGIES, cached_masker
+from layermask.models.registry import LoadedModel, load_model
+from layermask.onnx.export import export_onnx
+from layermask.onnx.runtime import load_onnx_model
 from layermask_service.metrics import Metrics
 from layermask_service.settings import Settings
 from layermask_service.translate import (

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from layermask import cli as core_cli
-from layermask.maskers import MASKING_STRATEGIES
-from layermask.models import DEFAULT_MODEL
-from layermask_service.archive import FORMATS, ArchiveSettings, build_archive
+from layermask.masking.names import MASKING_STRATEGIES
+from layermask.models.registry import DEFAULT_MODEL
+from layermask_service.torchserve.archive import FORMATS, ArchiveSettings, build_archive
 
 
 def add_commands(commands: Any) -> None:
@@ -35,7 +35,7 @@ def add_commands(commands: Any) -> None:
                        help="also start TorchServe with the archives of MODEL_STORE (and stop it on exit); "
                             "implies --backend torchserve")
     serve.add_argument("--torchserve-config", type=Path, help="TorchServe config.properties for --start-torchserve "
-                                                              "(default: model_store/config.properties)")
+                                                              "(default: the one shipped in the package)")
 
     archive = commands.add_parser("archive", help="build a TorchServe model archive (.mar) of a model")
     archive.add_argument("--model", default=DEFAULT_MODEL)
@@ -81,14 +81,14 @@ def run_serve(args: argparse.Namespace) -> None:
     if args.start_torchserve is None:
         asyncio.run(run(settings))
         return
-    from layermask_service.torchserve_process import DEFAULT_CONFIG, TorchServeProcess
+    from layermask_service.torchserve.process import TorchServeProcess
 
     for name in settings.models:
         if not (args.start_torchserve / f"{name}.mar").is_file():
             raise FileNotFoundError(f"no archive {args.start_torchserve / f'{name}.mar'}; build it with "
                                     f"`layermask archive --model {name} -o {args.start_torchserve}`")
     torchserve = TorchServeProcess(args.start_torchserve, list(settings.models),
-                                   config=args.torchserve_config or DEFAULT_CONFIG, workdir=Path(".torchserve"))
+                                   config=args.torchserve_config, workdir=Path(".torchserve"))
     logging.getLogger("layermask.torchserve").info("starting TorchServe (logs in %s)", torchserve.workdir)
     torchserve.start()
     try:
@@ -109,7 +109,7 @@ def run_client_explain(args: argparse.Namespace) -> None:
     import grpc
     from google.protobuf import json_format
 
-    from layermask.cli_explain import ProgressBar, parse_segmentation
+    from layermask.cli.explain import ProgressBar, parse_segmentation
     from layermask_service.client import ExplainClient, explain_request
     from layermask_service.proto import explain_pb2 as pb
 

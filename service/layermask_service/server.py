@@ -111,7 +111,7 @@ class ExplainServer:
 
 def make_backend(settings: Settings, metrics: Metrics) -> Backend:
     if settings.backend == "torchserve":
-        from layermask_service.torchserve_backend import TorchServeBackend
+        from layermask_service.torchserve.backend import TorchServeBackend
 
         return TorchServeBackend(settings, metrics)
     return EmbeddedBackend(settings, metrics)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from layermask.models import DEFAULT_MODEL
+from layermask.models.registry import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

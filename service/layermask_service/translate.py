@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from layermask.explanation import ClassScore, Explanation
-from layermask.images import decode_image
-from layermask.models import LoadedModel
-from layermask.segmentation import segmentation_parameters
+from layermask.explanation.result import ClassScore, Explanation
+from layermask.explanation.segmentation import segmentation_parameters
+from layermask.models.images import decode_image
+from layermask.models.registry import LoadedModel
 from layermask_service.proto import explain_pb2 as pb
 
 MASKING_NAMES: dict[int, str] = {pb.MASKING_UNSPECIFIED: "layer", pb.MASKING_LAYER: "layer", pb.MASKING_GREY: "grey",
@@ -130,7 +130,7 @@ def segmentation_for(model: LoadedModel, choice: SegmentationChoice,
 
 
 def explain_arguments(job: ExplainJob, model: LoadedModel) -> dict[str, Any]:
-    """Keyword arguments of :func:`layermask.lime.explain` (and ``plan_explanation``) for ``job`` on ``model``."""
+    """Keyword arguments of :func:`layermask.explain` (and ``plan_explanation``) for ``job`` on ``model``."""
     check_labels(job.labels, job.top_labels, model.num_classes)
     segmentation, params = segmentation_for(model, job.segmentation, (job.image.height, job.image.width))
     return dict(masking=job.masking, segmentation=segmentation, segmentation_params=params,

@@ -1,0 +1,101 @@
+"""``layermask explain``: explain one image from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from layermask.explanation.segmentation import DEFAULT_MAX_SEGMENTS, SEGMENTATIONS
+from layermask.masking.names import MASKING_STRATEGIES
+from layermask.models.registry import DEFAULT_MODEL
+
+
+def add_explain_command(commands: Any) -> None:
+    explain = commands.add_parser("explain", help="explain a prediction with layer-masked LIME")
+    explain.add_argument("image", type=Path, help="PNG, JPEG or WebP file")
+    explain.add_argument("--model", default=DEFAULT_MODEL)
+    explain.add_argument("--weights", type=Path, help="local state-dict file (torchvision architectures)")
+    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default="layer")
+    explain.add_argument("--segmentation", default="quickshift", metavar="METHOD[:k=v,...]",
+                         help=f"one of {', '.join(SEGMENTATIONS)} with optional parameters, "
+                              "e.g. slic:n_segments=50,compactness=10")
+    explain.add_argument("--segments-file", type=Path, help="a .npy integer label map at the model's input size")
+    explain.add_argument("--max-segments", type=int, default=DEFAULT_MAX_SEGMENTS)
+    explain.add_argument("--samples", type=int, default=1000)
+    explain.add_argument("--keep-probability", type=float, default=0.5)
+    explain.add_argument("--kernel-width", type=float, default=0.25)
+    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--batch-size", type=int)
+    labels = explain.add_mutually_exclusive_group()
+    labels.add_argument("--label", type=int, action="append", help="explain this class index (repeatable)")
+    labels.add_argument("--top-labels", type=int, default=1)
+    explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
+    explain.add_argument("--json", type=Path, help="also write the explanation as JSON")
+    explain.add_argument("--no-progress", action="store_true")
+
+
+def parse_segmentation(text: str) -> tuple[str, dict[str, str]]:
+    """``"slic:n_segments=50,compactness=10"`` → ``("slic", {"n_segments": "50", ...})``."""
+    method, _, rest = text.partition(":")
+    params: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"segmentation parameter {item!r} is not key=value")
+        params[key.strip()] = value.strip()
+    return method.strip(), params
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\rsampling [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}{end}")
+        self.stream.flush()
+
+
+def run_explain(args: argparse.Namespace) -> None:
+    from layermask.explanation.lime import explain
+    from layermask.models.images import load_image
+    from layermask.models.registry import load_model
+
+    image = load_image(args.image)
+    if args.max_segments < 2:
+        raise ValueError(f"--max-segments must be at least 2, got {args.max_segments}")
+    segmentation: str | np.ndarray
+    params: dict[str, str] = {}
+    if args.segments_file is not None:
+        if not args.segments_file.is_file():
+            raise FileNotFoundError(f"segments file not found: {args.segments_file}")
+        segmentation = np.load(args.segments_file, allow_pickle=False)
+    else:
+        segmentation, params = parse_segmentation(args.segmentation)
+    model = load_model(args.model, args.weights)
+    explanation = explain(
+        model, image, masking=args.masking, segmentation=segmentation, segmentation_params=params or None,
+        num_samples=args.samples, keep_probability=args.keep_probability, kernel_width=args.kernel_width,
+        labels=args.label, top_labels=args.top_labels, seed=args.seed, batch_size=args.batch_size,
+        progress=None if args.no_progress else ProgressBar(), max_segments=args.max_segments,
+    )
+    print("top predictions:")
+    for prediction in explanation.top_predictions:
+        print(f"  {prediction.label:4d} {prediction.name:<30} {prediction.probability:7.2%}")
+    for label, result in explanation.explanations.items():
+        print(f"label {label} ({result.name}): R² {result.score:.3f}, local prediction {result.local_prediction:.3f}")
+        for segment, weight in explanation.top_segments(label, k=5):
+            print(f"  segment {segment:4d} weight {weight:+.4f}")
+    explanation.save_png(args.output)
+    print(f"wrote {args.output}")
+    if args.json is not None:
+        explanation.to_json(args.json)
+        print(f"wrote {args.json}")

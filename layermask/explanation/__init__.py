@@ -1,0 +1,18 @@
+"""Explanations: batched LIME over masked batches, segmentation, scoring, the result and its rendering."""
+
+from layermask.explanation.lime import explain, explain_many, plan_explanation
+from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
+from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob, score_jobs
+
+__all__ = [
+    "ClassScore",
+    "Explanation",
+    "LabelExplanation",
+    "LocalScorer",
+    "Scorer",
+    "ScoringJob",
+    "explain",
+    "explain_many",
+    "plan_explanation",
+    "score_jobs",
+]

@@ -1,0 +1,191 @@
+"""Errors and limits of the ExplainService over real gRPC: codes, deadlines, the queue, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from skimage import data
+
+from layermask_service.client import ExplainClient, explain_request
+from layermask_service.proto import explain_pb2 as pb
+from layermask_service.settings import Settings
+from tests.helpers.service import RunningServer, png_bytes
+
+CHELSEA = png_bytes(data.chelsea())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    running = RunningServer(Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+                                     max_concurrent=1, max_queue=1, max_message_bytes=4 * 1024 * 1024))
+    yield running
+    running.stop()
+
+
+def label_map(height: int, width: int, labels: list[int]) -> pb.Segmentation:
+    return pb.Segmentation(label_map=pb.LabelMap(height=height, width=width, labels=labels))
+
+
+BAD_REQUESTS = {
+    "empty image": (pb.ExplainRequest(), grpc.StatusCode.INVALID_ARGUMENT, "image: image is empty"),
+    "corrupt image": (pb.ExplainRequest(image=b"\x89PNG junk"), grpc.StatusCode.INVALID_ARGUMENT, "image:"),
+    "unknown model": (pb.ExplainRequest(image=CHELSEA, model="resnet9000"), grpc.StatusCode.NOT_FOUND,
+                      "model 'resnet9000' is not loaded"),
+    "masking": (pb.ExplainRequest(image=CHELSEA, masking=42), grpc.StatusCode.INVALID_ARGUMENT, "masking:"),
+    "num_samples": (pb.ExplainRequest(image=CHELSEA, num_samples=1), grpc.StatusCode.INVALID_ARGUMENT,
+                    "num_samples:"),
+    "keep_probability": (pb.ExplainRequest(image=CHELSEA, keep_probability=1.5), grpc.StatusCode.INVALID_ARGUMENT,
+                         "keep_probability:"),
+    "kernel_width": (pb.ExplainRequest(image=CHELSEA, kernel_width=0.0), grpc.StatusCode.INVALID_ARGUMENT,
+                     "kernel_width:"),
+    "seed": (pb.ExplainRequest(image=CHELSEA, seed=-1), grpc.StatusCode.INVALID_ARGUMENT, "seed:"),
+    "labels range": (pb.ExplainRequest(image=CHELSEA, labels=[1000]), grpc.StatusCode.INVALID_ARGUMENT, "labels:"),
+    "labels and top_labels": (pb.ExplainRequest(image=CHELSEA, labels=[1], top_labels=2),
+                              grpc.StatusCode.INVALID_ARGUMENT, "labels:"),
+    "top_labels": (pb.ExplainRequest(image=CHELSEA, top_labels=0), grpc.StatusCode.INVALID_ARGUMENT, "top_labels:"),
+    "slic parameter": (pb.ExplainRequest(image=CHELSEA, segmentation=pb.Segmentation(slic=pb.Slic(n_segments=1))),
+                       grpc.StatusCode.INVALID_ARGUMENT, "segmentation.slic: slic parameter n_segments"),
+    "label map size": (pb.ExplainRequest(image=CHELSEA, segmentation=label_map(2, 2, [0, 1, 0])),
+                       grpc.StatusCode.INVALID_ARGUMENT, "segmentation.label_map:"),
+    "label map shape": (pb.ExplainRequest(image=CHELSEA, segmentation=label_map(2, 2, [0, 1, 0, 1])),
+                        grpc.StatusCode.INVALID_ARGUMENT, "segmentation.label_map: shape"),
+    "one segment": (pb.ExplainRequest(image=CHELSEA, segmentation=label_map(224, 224, [3] * 224 * 224)),
+                    grpc.StatusCode.INVALID_ARGUMENT, "single segment"),
+    "heatmap_format": (pb.ExplainRequest(image=CHELSEA, heatmap_format=9), grpc.StatusCode.INVALID_ARGUMENT,
+                       "heatmap_format:"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_their_code_and_name_the_field(server: RunningServer, case: str) -> None:
+    request, code, message = BAD_REQUESTS[case]
+    with ExplainClient(server.target, timeout=60) as client, pytest.raises(grpc.RpcError) as caught:
+        client.explain(request)
+    assert caught.value.code() == code
+    assert message in caught.value.details()
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (pb.PredictRequest(image=CHELSEA, mask=pb.PackedMask(height=10, width=10, bits=b"\0" * 13)), "mask: is 10×10"),
+    (pb.PredictRequest(image=CHELSEA, mask=pb.PackedMask(height=224, width=224, bits=b"\0")), "mask: 1 bytes"),
+    (pb.PredictRequest(image=CHELSEA, top_k=0), "top_k:"),
+    (pb.PredictRequest(image=CHELSEA, segment_keep=pb.SegmentKeep(
+        segmentation=pb.Segmentation(grid=pb.Grid(patch_size=112)), keep=[True])), "segment_keep.keep:"),
+])
+def test_bad_predict_requests(server: RunningServer, request_: pb.PredictRequest, message: str) -> None:
+    with ExplainClient(server.target, timeout=60) as client, pytest.raises(grpc.RpcError) as caught:
+        client.predict(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
+
+
+def test_message_size_limit(server: RunningServer) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (1400, 1400, 3), dtype=np.uint8)
+    big = png_bytes(noise)
+    assert len(big) > 4 * 1024 * 1024
+    with ExplainClient(server.target, timeout=60) as client, pytest.raises(grpc.RpcError) as caught:
+        client.explain(explain_request(big, num_samples=8))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def perturbations(server: RunningServer) -> float:
+    return server.scrape().get(("layermask_perturbations_total", (("model", "efficientnet_lite0"),)), 0.0)
+
+
+def test_deadline_stops_the_compute(server: RunningServer) -> None:
+    before = perturbations(server)
+    with ExplainClient(server.target, timeout=1.5) as client, pytest.raises(grpc.RpcError) as caught:
+        client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=5000))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.0)  # at most one batch in flight may still finish
+    stopped_at = perturbations(server)
+    time.sleep(1.5)
+    assert perturbations(server) == stopped_at  # nothing computes any more
+    assert 0 < stopped_at - before < 1000
+
+
+def test_cancellation_stops_the_compute(server: RunningServer) -> None:
+    before = perturbations(server)
+    with ExplainClient(server.target) as client:
+        call = client.stub.Explain.future(explain_request(CHELSEA, segmentation="grid", num_samples=5000))
+        while perturbations(server) == before:
+            time.sleep(0.05)
+        call.cancel()
+        with pytest.raises(grpc.FutureCancelledError):
+            call.result()
+    time.sleep(1.0)
+    stopped_at = perturbations(server)
+    time.sleep(1.5)
+    assert perturbations(server) == stopped_at and stopped_at - before < 1000
+
+
+def test_full_queue_is_refused_at_once(server: RunningServer) -> None:
+    before = perturbations(server)
+    with ExplainClient(server.target) as client:
+        long = explain_request(CHELSEA, segmentation="grid", num_samples=5000)
+        running = client.stub.Explain.future(long)
+        while perturbations(server) == before:  # the first call holds the only compute slot
+            time.sleep(0.05)
+        queued = client.stub.Explain.future(long)
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            client.explain(explain_request(CHELSEA, num_samples=8))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 1.0
+        assert "busy" in caught.value.details()
+        running.cancel()
+        queued.cancel()
+
+
+def test_sigterm_drains_the_in_flight_call(tmp_path: object) -> None:
+    command = [sys.executable, "-m", "layermask_service", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--grace-seconds", "60"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert process.stderr is not None
+        port = None
+        while port is None:
+            line = process.stderr.readline()
+            assert line, "server exited early"
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
+                    health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        result: dict[str, object] = {}
+        started = threading.Event()
+
+        def call() -> None:
+            with ExplainClient(target, timeout=120) as client:
+                result["response"] = client.explain_stream(
+                    explain_request(CHELSEA, segmentation="grid", num_samples=120), lambda d, t: started.set())
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert started.wait(60)
+        process.send_signal(signal.SIGTERM)
+        caller.join(120)
+        response = result["response"]
+        assert isinstance(response, pb.ExplainResponse) and response.num_samples == 120
+        with ExplainClient(target, timeout=5) as client, pytest.raises(grpc.RpcError):
+            client.list_models()  # no new calls after SIGTERM
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
