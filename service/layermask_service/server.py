@@ -96,12 +96,16 @@ class ExplainServer:
         await asyncio.shield(self._loading)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight calls finish for up to ``grace`` seconds, then close."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
-        for task in (self._loading, self._watching):
+        """Report NOT_SERVING for good, refuse new calls, let in-flight calls finish for up to ``grace`` s, close.
+
+        The health watcher and any model loading stop first, and the health service enters graceful
+        shutdown, so nothing can report SERVING again while in-flight calls drain.
+        """
+        for task in (self._watching, self._loading):
             if task is not None and not task.done():
                 task.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         self.backend.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

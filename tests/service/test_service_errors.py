@@ -20,7 +20,7 @@ from skimage import data
 from layermask_service.client import ExplainClient, explain_request
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.settings import Settings
-from tests.helpers.service import RunningServer, png_bytes
+from tests.helpers.service import RunningServer, png_bytes, wait_for, wait_until_steady
 
 CHELSEA = png_bytes(data.chelsea())
 
@@ -99,7 +99,7 @@ def test_message_size_limit(server: RunningServer) -> None:
 
 
 def perturbations(server: RunningServer) -> float:
-    return server.scrape().get(("layermask_perturbations_total", (("model", "efficientnet_lite0"),)), 0.0)
+    return server.perturbations()
 
 
 def test_deadline_stops_the_compute(server: RunningServer) -> None:
@@ -107,26 +107,21 @@ def test_deadline_stops_the_compute(server: RunningServer) -> None:
     with ExplainClient(server.target, timeout=1.5) as client, pytest.raises(grpc.RpcError) as caught:
         client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=5000))
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(1.0)  # at most one batch in flight may still finish
-    stopped_at = perturbations(server)
-    time.sleep(1.5)
-    assert perturbations(server) == stopped_at  # nothing computes any more
-    assert 0 < stopped_at - before < 1000
+    # Steady for 2 s (several batches' time), within 120 s: the batch in flight may still finish.
+    stopped_at = wait_until_steady(server.perturbations, 2.0, 120, "the perturbation count")
+    assert 0 < stopped_at - before < 1000  # it stopped early, not after the 5,000 rows
 
 
 def test_cancellation_stops_the_compute(server: RunningServer) -> None:
     before = perturbations(server)
     with ExplainClient(server.target) as client:
         call = client.stub.Explain.future(explain_request(CHELSEA, segmentation="grid", num_samples=5000))
-        while perturbations(server) == before:
-            time.sleep(0.05)
+        wait_for(lambda: perturbations(server) > before, 120, "the explanation to start computing")
         call.cancel()
         with pytest.raises(grpc.FutureCancelledError):
             call.result()
-    time.sleep(1.0)
-    stopped_at = perturbations(server)
-    time.sleep(1.5)
-    assert perturbations(server) == stopped_at and stopped_at - before < 1000
+    stopped_at = wait_until_steady(server.perturbations, 2.0, 120, "the perturbation count")
+    assert stopped_at - before < 1000
 
 
 def test_full_queue_is_refused_at_once(server: RunningServer) -> None:
@@ -134,15 +129,15 @@ def test_full_queue_is_refused_at_once(server: RunningServer) -> None:
     with ExplainClient(server.target) as client:
         long = explain_request(CHELSEA, segmentation="grid", num_samples=5000)
         running = client.stub.Explain.future(long)
-        while perturbations(server) == before:  # the first call holds the only compute slot
-            time.sleep(0.05)
+        # The first call holds the only compute slot, the second the only queue place.
+        wait_for(lambda: perturbations(server) > before, 120, "the first call to start computing")
         queued = client.stub.Explain.future(long)
-        time.sleep(0.3)
+        wait_for(lambda: server.metric("layermask_queue_depth") == 1, 60, "the second call to be queued")
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             client.explain(explain_request(CHELSEA, num_samples=8))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10.0  # at once, not after the 5,000-sample call ahead of it
         assert "busy" in caught.value.details()
         running.cancel()
         queued.cancel()

@@ -36,7 +36,7 @@ from layermask_service.settings import Settings
 from layermask_service.torchserve.archive import ArchiveSettings, build_archive
 from layermask_service.torchserve.backend import TorchServeBackend
 from layermask_service.torchserve.process import TorchServeProcess, free_port
-from tests.helpers.service import LOOPBACK, RunningServer, png_bytes
+from tests.helpers.service import LOOPBACK, RunningServer, png_bytes, wait_for
 
 MODEL = "efficientnet_lite0"
 CHELSEA = png_bytes(data.chelsea())
@@ -223,7 +223,8 @@ def test_unreachable_torchserve_is_unavailable_with_a_clear_message() -> None:
                                    torchserve_timeout=2.0)
     server = RunningServer(settings, wait=False)
     try:
-        time.sleep(3)
+        wait_for(lambda: "waiting for TorchServe" in server.server.backend.waiting_for, 60,
+                 "the backend to report that TorchServe does not answer")
         assert _health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
         with ExplainClient(server.target, timeout=10) as client, pytest.raises(grpc.RpcError) as raised:
             client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=8))
