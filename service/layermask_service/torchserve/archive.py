@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from layermask.models.registry import load_model
 from layermask.onnx.export import export_onnx
+from layermask_service.torchserve.process import console_script
 from layermask_service.torchserve.resources import HANDLER, copy_resource
 
 FORMATS = ("torch", "onnx")
@@ -60,6 +60,7 @@ def build_archive(model: str, output: str | os.PathLike[str], *, weights: str | 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     settings = settings or ArchiveSettings()
+    archiver = console_script("torch-model-archiver")  # before the slow part: fails without layermask[torchserve]
     loaded = load_model(model, weights)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def build_archive(model: str, output: str | os.PathLike[str], *, weights: str | 
         handler = copy_resource(HANDLER, Path(tmp), "layermask_handler.py")
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(model, fmt, settings), sort_keys=False))
-        command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", model,
+        command = [*archiver, "--model-name", model,
                    "--version", "1.0", "--serialized-file", str(serialized), "--handler", str(handler),
                    "--config-file", str(config), "--export-path", str(out), "--force"]
         result = subprocess.run(command, capture_output=True, text=True, check=False)

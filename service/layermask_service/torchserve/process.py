@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,28 @@ from layermask_service.torchserve.resources import CONFIG, METRICS, copy_resourc
 
 PORT_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
              "grpc_management_port")
+
+
+def console_script(name: str) -> list[str]:
+    """The command that runs the installed console script ``name`` (``torchserve``, ``torch-model-archiver``) on
+    this interpreter; ``FileNotFoundError`` (one line, naming the extra to install) if no installed
+    distribution provides it.
+
+    The script's entry point is read from the installed distributions' metadata and called with
+    ``sys.executable -P -c``, as the script itself would call it. So the script file need not lie
+    next to ``sys.executable`` nor on PATH (a ``pip install --user``, whose scripts are in
+    ``~/.local/bin``; a ``--target`` or PYTHONPATH install; packages shared from another environment),
+    and TorchServe, which starts its Python workers with its launcher's ``sys.executable``, runs them
+    on this interpreter, where layermask is installed. ``-P`` keeps the working directory off
+    ``sys.path``: no local file shadows an installed module.
+    """
+    found = entry_points(group="console_scripts", name=name)
+    if not found or not sys.executable:
+        raise FileNotFoundError(f"{name} not found; install TorchServe support: pip install 'layermask[torchserve]'")
+    entry = next(iter(found))
+    code = (f"import sys; sys.argv[0] = {name!r}; from {entry.module} import {entry.attr.split('.')[0]}; "
+            f"sys.exit({entry.attr}())")
+    return [sys.executable, "-P", "-c", code]
 
 
 def free_port() -> int:
@@ -89,6 +112,7 @@ class TorchServeProcess:
         """Start TorchServe and wait until every model has a ready worker (``TimeoutError`` otherwise)."""
         if shutil.which("java") is None:
             raise FileNotFoundError("TorchServe needs Java (a JRE 11+) on PATH")
+        launcher = console_script("torchserve")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self._shipped_metrics:
             self.properties["metrics_config"] = str(copy_resource(METRICS, self.workdir))
@@ -100,9 +124,8 @@ class TorchServeProcess:
         scratch.mkdir(exist_ok=True)
         environment = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
                        "METRICS_LOCATION": str(self.workdir / "logs"), "TEMP": str(scratch), "TMPDIR": str(scratch)}
-        launcher = str(Path(sys.executable).with_name("torchserve"))
-        command = [launcher, "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
-                   "--ts-config", str(config), "--disable-token-auth",
+        command = [*launcher, "--start", "--foreground", "--ncs",
+                   "--model-store", str(self.model_store), "--ts-config", str(config), "--disable-token-auth",
                    "--models", *[f"{name}={name}.mar" for name in self.models]]
         with open(self.workdir / "torchserve.log", "ab") as log:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=environment, stdout=log,
