@@ -4,7 +4,7 @@ A ReLU or ReLU6 that only reads a ``masked_conv2d`` output commutes with the re-
 0 to 0), so ``act(conv(a) ⊙ m) = act(conv(a)) ⊙ m``. oneDNN can apply the activation as a post-op
 of the convolution itself, which saves a full pass over the feature map. ``masked_conv2d`` takes
 the activation as ``activation=(name, scalars)`` and falls back to separate ops where oneDNN's
-fused convolution is not available (and in the ONNX export).
+fused convolution is not available (:mod:`layermask.transform._onednn`), as in the ONNX export.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from layermask.transform import _ops as ops
+from layermask.transform._conv_ops import masked_conv2d
+from layermask.transform._onednn import Activation
 
 
-def _activation(graph_module: fx.GraphModule, node: fx.Node) -> tuple[str, tuple[float, ...]] | None:
+def _activation(graph_module: fx.GraphModule, node: fx.Node) -> Activation | None:
     """``(name, scalars)`` of a zero-preserving ReLU-family activation node, else None."""
     if node.op == "call_module":
         module = graph_module.get_submodule(str(node.target))
@@ -34,7 +35,7 @@ def fuse_conv_activations(graph_module: fx.GraphModule) -> None:
     """Move each ReLU/ReLU6 that is the only user of a ``masked_conv2d`` into that node."""
     graph = graph_module.graph
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not ops.masked_conv2d or len(node.users) != 1:
+        if node.op != "call_function" or node.target is not masked_conv2d or len(node.users) != 1:
             continue
         user = next(iter(node.users))
         activation = _activation(graph_module, user)

@@ -1,32 +1,39 @@
 """``layer_mask``: turn a CNN into its layer-masked version with ``torch.fx``.
 
-The original graph is walked once. Every spatial activation of the original becomes a pair
-``(activation node, mask node)`` in a new graph; operations on plain tensors (classifier heads,
-squeeze-excitation branches) are copied unchanged. Mask computations go through the mask plan
-(:mod:`layermask.transform._mask_plan`),
-which emits each distinct one once, so a forward pass computes every grown mask, fill coefficient
-and pooled mask a single time however many layers use it.
+:class:`Converter` walks the original graph once. Every spatial activation of the original becomes
+a pair ``(activation node, mask node)`` in a new graph (:class:`~layermask.transform._spatial.Spatial`);
+operations on plain tensors (classifier heads, squeeze-excitation branches) are copied unchanged. A
+node that touches a spatial activation is converted by the emitter that
+:mod:`layermask.transform._dispatch` finds for its module type, function or tensor method; the
+emitters build on the helpers here. Mask computations go through the mask plan
+(:mod:`layermask.transform._mask_plan`), which emits each distinct one once, so a forward pass
+computes every grown mask, fill coefficient and pooled mask a single time however many layers use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.node import _get_qualified_name
 
-from layermask.transform import _ops as ops
-from layermask.transform import _rules as rules
+from layermask.errors import UnsupportedLayerError
+from layermask.transform import _dispatch as dispatch
 from layermask.transform._conv_fusion import fuse_conv_activations
+from layermask.transform._elementwise_ops import apply_mask, masked_input
 from layermask.transform._fill_pruning import prune_fill_iterations
-from layermask.transform._graph_rules import GraphRules, Spatial
 from layermask.transform._in_place import run_in_place
+from layermask.transform._mask_plan import MaskPlan
+from layermask.transform._pad_ops import pad_pair
+from layermask.transform._spatial import Spatial
 from layermask.transform.model import LayerMaskedModel
 
-__all__ = ["LayerMaskedModel", "layer_mask"]
+__all__ = ["Converter", "layer_mask"]
+
+_CONSTANTS = "_layermask_constants"
 
 
 def layer_mask(model: nn.Module, *, prune_fill: bool = True) -> LayerMaskedModel:
@@ -46,12 +53,35 @@ def layer_mask(model: nn.Module, *, prune_fill: bool = True) -> LayerMaskedModel
             "must be off); call model.eval() before converting"
         )
     traced = fx.symbolic_trace(model)
-    return _Converter(model, traced).convert(prune_fill)
+    return Converter(model, traced).convert(prune_fill)
 
 
+class Converter:
+    """One conversion: the new graph and its mask plan, the original-to-new node mapping, and the
+    helpers the rule emitters share."""
 
-class _Converter(GraphRules):
-    # ----------------------------------------------------------------- driver
+    def __init__(self, model: nn.Module, traced: fx.GraphModule) -> None:
+        self.traced = traced
+        self.modules = dict(traced.named_modules())
+        self.graph = fx.Graph()
+        self.plan = MaskPlan(self.graph)
+        # The new graph addresses the original's submodules and attributes by their original paths.
+        self.root = nn.Module()
+        for name, child in model.named_children():
+            self.root.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.root.register_parameter(name, param)
+        for name, buffer in model.named_buffers(recurse=False):
+            self.root.register_buffer(name, buffer)
+        self.root.add_module(_CONSTANTS, nn.Module())
+        self.env: dict[fx.Node, Any] = {}
+        # Original nodes whose value is another's (a batch norm folded into the conv before it).
+        self.aliases: dict[fx.Node, fx.Node] = {}
+        self.constant_nodes: dict[str, fx.Node] = {}
+        self._materialised: dict[Spatial, Spatial] = {}
+        self.in_channels: int | None = None
+
+    # ------------------------------------------------------------- graph walk
     def convert(self, prune_fill: bool) -> LayerMaskedModel:
         images = self.graph.placeholder("images")
         masks = self.graph.placeholder("masks")
@@ -63,9 +93,9 @@ class _Converter(GraphRules):
                 if seen_input:
                     raise ValueError(f"layer_mask supports models with one image input; found another: {node.name!r}")
                 seen_input = True
-                self.env[node] = Spatial(self.graph.call_function(ops.masked_input, (images, masks)), masks)
+                self.env[node] = Spatial(self.graph.call_function(masked_input, (images, masks)), masks)
             elif node.op == "output":
-                self.graph.output(self._plain(self._map(node.args[0]), node))
+                self.graph.output(self._plain(self._map(node.args[0])))
             elif node.op == "get_attr":
                 self.env[node] = self.graph.get_attr(f"{node.target}")
             elif not self._touches_spatial(node):
@@ -80,6 +110,24 @@ class _Converter(GraphRules):
         fuse_conv_activations(graph_module)
         run_in_place(graph_module)
         return LayerMaskedModel(graph_module, self.in_channels)
+
+    def _convert_spatial(self, node: fx.Node) -> Any:
+        """Convert a node that touches a spatial activation with the emitter its op is registered to."""
+        args, kwargs = self._map(node.args), self._map(node.kwargs)
+        rule: dispatch.Rule | None = None
+        if node.op == "call_module":
+            if len(args) != 1 or not isinstance(args[0], Spatial) or kwargs:
+                raise self.unsupported(node, "expected a single spatial input")
+            rule = dispatch.module_rule(self.module_of(node))
+        elif node.op == "call_function":
+            rule = dispatch.FUNCTION_RULES.get(node.target)
+        elif node.op == "call_method":
+            if not isinstance(args[0], Spatial):
+                raise self.unsupported(node, "a spatial activation is used as an argument of a tensor method")
+            rule = dispatch.METHOD_RULES.get(str(node.target))
+        if rule is None:
+            raise self.unsupported(node)
+        return rule(self, node, args, kwargs)
 
     def _copy_arg(self, node: fx.Node) -> Any:
         value = self.env[node]
@@ -101,140 +149,90 @@ class _Converter(GraphRules):
         fx.node.map_arg((node.args, node.kwargs), visit)
         return found
 
-    def _plain(self, value: Any, node: fx.Node) -> Any:
+    def _plain(self, value: Any) -> Any:
         """A graph output: spatial values leave as their (masked) activation."""
         if isinstance(value, Spatial):
-            return self._materialise(value).value
+            return self.materialise(value).value
         if isinstance(value, (tuple, list)):
-            return type(value)(self._plain(v, node) for v in value)
+            return type(value)(self._plain(v) for v in value)
         return value
 
-    # --------------------------------------------------------------- dispatch
-    def _convert_spatial(self, node: fx.Node) -> Any:
-        if node.op == "call_module":
-            return self._convert_module(node, self.modules[node.target])
-        if node.op == "call_function":
-            return self._convert_function(node)
-        if node.op == "call_method":
-            return self._convert_method(node)
-        raise self._unsupported(node)
+    # ------------------------------------------------- helpers for emitters
+    def module_of(self, node: fx.Node) -> nn.Module:
+        """The original model's submodule that a ``call_module`` node calls."""
+        return self.modules[str(node.target)]
 
-    def _convert_module(self, node: fx.Node, module: nn.Module) -> Any:
-        x = self.env[node.args[0]] if len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
-        if not isinstance(x, Spatial) or node.kwargs:
-            raise self._unsupported(node, "expected a single spatial input")
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                raise self._unsupported(node, f"padding_mode={module.padding_mode!r}; only zero padding is supported")
-            weight = self.graph.get_attr(f"{node.target}.weight")
-            bias = self.graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
-            return self._conv(node, x, module.weight, module.bias, weight, bias,
-                              module.stride, module.padding, module.dilation, module.groups)
-        if rules.is_eval_batch_norm(module):
-            return self._remasked(x, self._call_module(node, x))
-        if isinstance(module, (nn.BatchNorm2d, nn.Dropout)) and module.training:
-            raise self._unsupported(node, "module is in training mode")
-        if isinstance(module, rules.ZERO_PRESERVING_MODULES) or rules.is_hardtanh_zero_preserving(module):
-            non_negative = isinstance(module, rules.NON_NEGATIVE_MODULES) or (
-                isinstance(module, nn.Hardtanh) and module.min_val >= 0)
-            return replace(x, value=self._call_module(node, x), non_negative=non_negative)
-        if isinstance(module, rules.REMASKED_MODULES):
-            return replace(self._remasked(x, self._call_module(node, x)), non_negative=True)
-        if isinstance(module, rules.PASSTHROUGH_MODULES):
-            return x
-        if isinstance(module, nn.ZeroPad2d):
-            return self._pad(node, x, tuple(module.padding))
-        if isinstance(module, nn.MaxPool2d):
-            if module.return_indices:
-                raise self._unsupported(node, "return_indices=True")
-            return self._max_pool(x, module.kernel_size, module.stride, module.padding, module.dilation,
-                                  module.ceil_mode)
-        if isinstance(module, nn.AvgPool2d):
-            return self._avg_pool(node, x, module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                                  module.count_include_pad, module.divisor_override)
-        if isinstance(module, nn.AdaptiveAvgPool2d):
-            return self._adaptive_avg_pool(x, module.output_size)
-        if isinstance(module, nn.Flatten):
-            return self.graph.call_module(f"{node.target}", (self._materialise(x).value,))
-        raise self._unsupported(node)
-
-    def _convert_function(self, node: fx.Node) -> Any:
-        fn = node.target
-        args = self._map(node.args)
-        kwargs = self._map(node.kwargs)
+    def spatial_input(self, node: fx.Node, args: tuple[Any, ...]) -> Spatial:
+        """The node's first argument, which its rule needs to be spatial (else the op is unsupported)."""
         x = args[0] if args else None
-        if fn is F.conv2d:
-            return self._functional_conv(node, args, kwargs)
-        if fn in rules.PASSTHROUGH_FUNCTIONS:
-            training = kwargs.get("training", args[rules.PASSTHROUGH_FUNCTIONS[fn]]
-                                  if len(args) > rules.PASSTHROUGH_FUNCTIONS[fn] else True)
-            if training:
-                raise self._unsupported(node, "called with training=True")
-            return x
-        if fn in rules.ZERO_PRESERVING_FUNCTIONS and isinstance(x, Spatial):
-            return replace(x, value=self._copy_on(node, x), non_negative=fn in rules.NON_NEGATIVE_FUNCTIONS)
-        if fn is F.hardtanh and isinstance(x, Spatial):
-            lo, hi = self._hardtanh_bounds(args, kwargs)
-            if lo <= 0.0 <= hi:
-                return replace(x, value=self._copy_on(node, x), non_negative=lo >= 0)
-        if fn in rules.REMASKED_FUNCTIONS and isinstance(x, Spatial):
-            return replace(self._remasked(x, self._copy_on(node, x)), non_negative=fn in rules.NON_NEGATIVE_FUNCTIONS)
-        if fn in rules.ADD_SUB:
-            return self._add_sub(node, args)
-        if fn in rules.MUL_DIV:
-            return self._mul_div(node, args)
-        if fn is torch.cat:
-            return self._cat(node, args, kwargs)
-        if fn in rules.FLATTEN_FUNCTIONS and isinstance(x, Spatial):
-            return self._copy_on(node, self._materialise(x))
-        if fn is F.pad and isinstance(x, Spatial):
-            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-            value = kwargs.get("value", args[3] if len(args) > 3 else None)
-            if mode != "constant" or value not in (None, 0, 0.0):
-                raise self._unsupported(node, "only zero padding is supported")
-            return self._pad(node, x, tuple(kwargs.get("pad", args[1] if len(args) > 1 else ())))
-        if fn is F.max_pool2d and isinstance(x, Spatial):
-            p = self._bind(node, ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
-                                  "return_indices"], args, kwargs)
-            if p.get("return_indices"):
-                raise self._unsupported(node, "return_indices=True")
-            return self._max_pool(x, p["kernel_size"], p.get("stride") or p["kernel_size"], p.get("padding", 0),
-                                  p.get("dilation", 1), p.get("ceil_mode", False))
-        if fn is F.avg_pool2d and isinstance(x, Spatial):
-            p = self._bind(node, ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                                  "divisor_override"], args, kwargs)
-            return self._avg_pool(node, x, p["kernel_size"], p.get("stride") or p["kernel_size"],
-                                  p.get("padding", 0), p.get("ceil_mode", False), p.get("count_include_pad", True),
-                                  p.get("divisor_override"))
-        if fn is F.adaptive_avg_pool2d and isinstance(x, Spatial):
-            return self._adaptive_avg_pool(x, kwargs.get("output_size", args[1] if len(args) > 1 else None))
-        if fn is getattr and isinstance(x, Spatial) and args[1] in rules.METADATA_ATTRIBUTES:
-            return self._copy_on(node, x)
-        if fn is torch.mean and isinstance(x, Spatial):
-            return self._global_mean(node, x, args[1:], kwargs)
-        raise self._unsupported(node)
-
-    def _convert_method(self, node: fx.Node) -> Any:
-        name = str(node.target)
-        args = self._map(node.args)
-        kwargs = self._map(node.kwargs)
-        x = args[0]
         if not isinstance(x, Spatial):
-            raise self._unsupported(node, "a spatial activation is used as an argument of a tensor method")
-        if name in rules.PASSTHROUGH_METHODS:
-            return replace(x, value=self._copy_on(node, x))
-        if name in rules.METADATA_METHODS:
-            return self._copy_on(node, x)
-        if name in rules.ZERO_PRESERVING_METHODS:
-            return replace(x, value=self._copy_on(node, x), non_negative=name in rules.NON_NEGATIVE_METHODS)
-        if name in rules.REMASKED_METHODS:
-            return replace(self._remasked(x, self._copy_on(node, x)), non_negative=True)
-        if name in rules.ADD_SUB_METHODS:
-            return self._add_sub(node, args)
-        if name in rules.MUL_DIV_METHODS:
-            return self._mul_div(node, args)
-        if name in rules.FLATTEN_METHODS:
-            return self._copy_on(node, self._materialise(x))
-        if name in rules.GLOBAL_MEAN_METHODS:
-            return self._global_mean(node, x, args[1:], kwargs)
-        raise self._unsupported(node)
+            raise self.unsupported(node)
+        return x
+
+    def materialise(self, x: Spatial) -> Spatial:
+        """Apply pending explicit zero padding (once per pair): padded positions are zeros that are not visible."""
+        if x.pre_pad is None:
+            return x
+        if x not in self._materialised:
+            value = self.graph.call_function(pad_pair, (x.value, x.pre_pad))
+            mask = self.plan.call(F.pad, x.mask, x.pre_pad)
+            self._materialised[x] = Spatial(value, mask, None, x.non_negative)
+        return self._materialised[x]
+
+    def remasked(self, x: Spatial, value: fx.Node) -> Spatial:
+        """``(value ⊙ m, m)`` for an op on ``x`` that can make hidden positions non-zero."""
+        x = self.materialise(x)
+        return Spatial(self.graph.call_function(apply_mask, (value, x.mask)), x.mask)
+
+    def copy_on(self, node: fx.Node) -> fx.Node:
+        """Copy ``node`` into the new graph with spatial arguments replaced by their (padded) activation."""
+        def arg(n: fx.Node) -> Any:
+            value = self.env[n]
+            return self.materialise(value).value if isinstance(value, Spatial) else value
+        return self.graph.node_copy(node, arg)
+
+    def copy_before_padding(self, node: fx.Node) -> fx.Node:
+        """Copy ``node`` applying it to spatial activations *before* their pending zero padding, which
+        stays pending: right for ops that commute with zero padding (pointwise with f(0) == 0)."""
+        def arg(n: fx.Node) -> Any:
+            value = self.env[n]
+            return value.value if isinstance(value, Spatial) else value
+        return self.graph.node_copy(node, arg)
+
+    def call_module(self, node: fx.Node, x: Spatial) -> fx.Node:
+        """Call ``node``'s module on the (padded) activation of ``x``."""
+        return self.graph.call_module(f"{node.target}", (self.materialise(x).value,))
+
+    def constant(self, original: Any) -> torch.Tensor | None:
+        """The tensor behind a ``get_attr`` node of the original graph (None otherwise)."""
+        if isinstance(original, fx.Node) and original.op == "get_attr":
+            value: Any = self.traced
+            for part in str(original.target).split("."):
+                value = getattr(value, part)
+            return value if isinstance(value, torch.Tensor) else None
+        return None
+
+    def owned(self, name: str, value: torch.Tensor) -> fx.Node:
+        """A tensor the converted graph owns (folded weights, fill kernels), as a ``get_attr`` node."""
+        holder = getattr(self.root, _CONSTANTS)
+        if name not in self.constant_nodes:
+            holder.register_buffer(name, value.detach())
+            self.constant_nodes[name] = self.graph.get_attr(f"{_CONSTANTS}.{name}")
+        return self.constant_nodes[name]
+
+    def ones_kernel(self, channels: int) -> fx.Node:
+        """The C×1×3×3 ones kernel of the depthwise neighbour sum, shared by every fill over C channels."""
+        return self.owned(f"ones_{channels}x3x3", torch.ones(channels, 1, 3, 3))
+
+    def unsupported(self, node: fx.Node, reason: str = "") -> UnsupportedLayerError:
+        """The error for a node layer masking has no rule for, naming the op, its module path and the node."""
+        if node.op == "call_module":
+            module = self.module_of(node)
+            op = f"{type(module).__module__}.{type(module).__qualname__}"
+            path = str(node.target)
+        else:
+            target = node.target
+            op = f"Tensor.{target}" if isinstance(target, str) else _get_qualified_name(target)
+            stack = node.meta.get("nn_module_stack") or {}
+            path = next(reversed(stack)) if stack else ""
+        return UnsupportedLayerError(op, path, node.name, reason)

@@ -20,8 +20,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from layermask.transform import _ops as ops
 from layermask.transform import _rules as rules
+from layermask.transform._conv_ops import masked_conv2d
+from layermask.transform._elementwise_ops import apply_mask
+from layermask.transform._fill_ops import mask_fill_step
+from layermask.transform._window_ops import mask_max_pool
 
 _POINTWISE_FUNCTIONS: set[Any] = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
                                   torch.cat, operator.mul, operator.imul, torch.mul}
@@ -40,12 +43,12 @@ def _conv_input_mask(conv: fx.Node) -> fx.Node | None:
     if not coefficients:
         return None
     step = _args(coefficients[0])[0]  # getitem(mask_fill_step(mask, kernel), 0)
-    return _args(step)[0] if step.target is ops.mask_fill_step else None
+    return _args(step)[0] if step.target is mask_fill_step else None
 
 
 def _centred_stride_one(window: Any) -> tuple[int, int] | None:
     """``(kernel, dilation)`` if a ``mask_max_pool`` node's window is square, centred, odd and stride 1."""
-    if not isinstance(window, fx.Node) or window.target is not ops.mask_max_pool:
+    if not isinstance(window, fx.Node) or window.target is not mask_max_pool:
         return None
     _, kernel, stride, padding, dilation, ceil_mode, pre_pad = _args(window)
     if stride != (1, 1) or ceil_mode or pre_pad is not None or kernel[0] != kernel[1] or dilation[0] != dilation[1]:
@@ -85,7 +88,7 @@ def _is_pointwise(user: fx.Node, value: fx.Node, graph_module: fx.GraphModule,
         return user.target in rules.ZERO_PRESERVING_METHODS | rules.REMASKED_METHODS | rules.ADD_SUB_METHODS
     if user.op != "call_function":
         return False
-    if user.target is ops.masked_conv2d:
+    if user.target is masked_conv2d:
         return _is_pointwise_conv(user, value, graph_module)
     return user.target in _POINTWISE_FUNCTIONS or user.target in rules.ZERO_PRESERVING_FUNCTIONS \
         or user.target in rules.REMASKED_FUNCTIONS
@@ -101,10 +104,10 @@ def _restricted_to(value: fx.Node, mask: fx.Node, graph_module: fx.GraphModule,
             if user in seen:
                 continue
             seen.add(user)
-            if user.target is ops.apply_mask and _args(user)[0] is node:
+            if user.target is apply_mask and _args(user)[0] is node:
                 if not _covers(mask, _args(user)[1]):
                     pending.append(user)
-            elif user.target is ops.apply_mask or not _is_pointwise(user, node, graph_module, modules):
+            elif user.target is apply_mask or not _is_pointwise(user, node, graph_module, modules):
                 return False
             else:
                 pending.append(user)
@@ -116,7 +119,7 @@ def prune_fill_iterations(graph_module: fx.GraphModule) -> int:
     modules = dict(graph_module.named_modules())
     saved = 0
     for node in list(graph_module.graph.nodes):
-        if node.op != "call_function" or node.target is not ops.masked_conv2d:
+        if node.op != "call_function" or node.target is not masked_conv2d:
             continue
         mask, geometry = _conv_input_mask(node), _centred_stride_one(_args(node)[3])
         if mask is None or geometry is None or _args(node)[10] is not None:

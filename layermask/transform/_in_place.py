@@ -12,9 +12,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from layermask.transform import _ops as ops
+from layermask.transform._conv_ops import masked_conv2d
+from layermask.transform._elementwise_ops import apply_mask, masked_input
 
-_FRESH = {ops.masked_conv2d, ops.apply_mask, ops.masked_input}
+_FRESH = {masked_conv2d, apply_mask, masked_input}
 
 
 def _owned(node: fx.Node) -> bool:
@@ -51,7 +52,7 @@ def run_in_place(graph_module: fx.GraphModule) -> None:
         if node.op == "call_module" and isinstance(source, fx.Node) and _owned(source):
             _in_place_activation(graph_module, node)
     for node in graph.nodes:
-        if node.op == "call_function" and node.target is ops.masked_conv2d and node.args[1]:
+        if node.op == "call_function" and node.target is masked_conv2d and node.args[1]:
             source = node.args[0]
             if isinstance(source, fx.Node) and _owned(source):
                 node.update_kwarg("fill_in_place", True)

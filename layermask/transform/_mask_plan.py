@@ -7,7 +7,10 @@ from typing import Any
 
 import torch.fx as fx
 
-from layermask.transform import _ops as ops
+from layermask.transform._elementwise_ops import mask_product
+from layermask.transform._fill_ops import mask_fill_step
+from layermask.transform._pad_ops import Pad
+from layermask.transform._window_ops import mask_max_pool
 
 
 class MaskPlan:
@@ -38,19 +41,19 @@ class MaskPlan:
     def fill_coefficients(self, mask: fx.Node, iterations: int) -> tuple[fx.Node, ...]:
         coefficients, grown = self._fill_steps.get(mask, ([], mask))
         while len(coefficients) < iterations:
-            step = self.call(ops.mask_fill_step, grown)
+            step = self.call(mask_fill_step, grown)
             coefficients.append(self.item(step, 0))
             grown = self.item(step, 1)
         self._fill_steps[mask] = (coefficients, grown)
         return tuple(coefficients[:iterations])
 
     def window(self, mask: fx.Node, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-               dilation: tuple[int, int], ceil_mode: bool, pre_pad: ops.Pad | None) -> fx.Node:
+               dilation: tuple[int, int], ceil_mode: bool, pre_pad: Pad | None) -> fx.Node:
         """Output mask of a window operation (conv or max-pool) on ``mask``."""
         pointwise = pre_pad is None and kernel == (1, 1) and padding == (0, 0) and not ceil_mode
         if pointwise and stride == (1, 1):
             return mask
-        node = self.call(ops.mask_max_pool, mask, kernel, stride, padding, dilation, ceil_mode, pre_pad)
+        node = self.call(mask_max_pool, mask, kernel, stride, padding, dilation, ceil_mode, pre_pad)
         if pointwise:
             self._identity[node] = ("subsample", mask, stride)
         elif pre_pad is None and not ceil_mode and all(
@@ -65,4 +68,4 @@ class MaskPlan:
         redundant = {b for b in distinct for a in distinct
                      if a is not b and self._identity.get(a, a) in self._covers.get(b, ())}
         kept = sorted(distinct - redundant, key=lambda n: n.name)
-        return kept[0] if len(kept) == 1 else self.call(ops.mask_product, *kept)
+        return kept[0] if len(kept) == 1 else self.call(mask_product, *kept)

@@ -1,8 +1,9 @@
-"""Which operations layer masking can carry a mask through, and how.
+"""Which operations layer masking can carry a mask through, and how; helpers to read their arguments.
 
-This module only classifies; :mod:`layermask.transform` applies the rules. The classification
-follows ``layer-masking-spec.md``: anything not listed here that touches a spatial activation is
-refused at conversion time.
+This module only classifies: :mod:`layermask.transform._dispatch` maps each class of operation to
+the emitter that applies its rule, and :mod:`layermask.transform._fill_pruning` reads it too. The
+classification follows ``layer-masking-spec.md``: anything not listed here (or given a rule of its
+own in the dispatch tables) that touches a spatial activation is refused at conversion time.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ NON_NEGATIVE_FUNCTIONS: set[Any] = {
 }
 NON_NEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_"}
 
-# Operations that are the identity in eval mode.
-PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-)
+# Operations that are the identity in eval mode (dropout modules are refused in training mode).
+DROPOUT_MODULES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, *DROPOUT_MODULES)
 # Functions that are the identity when their ``training`` argument (at this position) is False.
 PASSTHROUGH_FUNCTIONS: dict[Any, int] = {F.dropout: 2, F.dropout2d: 2, F.alpha_dropout: 2, stochastic_depth: 3}
 PASSTHROUGH_METHODS = {"contiguous"}
@@ -60,8 +60,16 @@ METADATA_ATTRIBUTES = {"shape", "dtype", "device", "ndim"}
 GLOBAL_MEAN_METHODS = {"mean"}
 
 
-def is_hardtanh_zero_preserving(module: nn.Module) -> bool:
-    return isinstance(module, nn.Hardtanh) and module.min_val <= 0.0 <= module.max_val
+def is_non_negative(op: Any) -> bool:
+    """Whether activation ``op`` (a module, a function or a tensor-method name) never outputs a negative value."""
+    if isinstance(op, nn.Module):
+        return isinstance(op, NON_NEGATIVE_MODULES) or (isinstance(op, nn.Hardtanh) and op.min_val >= 0)
+    return op in NON_NEGATIVE_FUNCTIONS or op in NON_NEGATIVE_METHODS
+
+
+def is_zero_preserving_hardtanh(low: float, high: float) -> bool:
+    """Whether ``hardtanh(0) == 0`` with these bounds."""
+    return low <= 0.0 <= high
 
 
 def is_eval_batch_norm(module: nn.Module) -> bool:
@@ -74,6 +82,13 @@ def pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
         return (value, value)
     values = tuple(value)
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def bind(names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments by parameter name, from ``args`` in the order of ``names`` and ``kwargs``."""
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
 
 
 def is_global_output_size(output_size: Any) -> bool:

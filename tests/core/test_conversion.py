@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import layermask
-from layermask.transform import _ops as masked_ops
+from layermask.transform._conv_ops import masked_conv2d
+from layermask.transform._elementwise_ops import mask_product
+from layermask.transform._fill_ops import FillStep, mask_fill_step
+from layermask.transform._window_ops import mask_adaptive_avg_pool, mask_avg_pool, mask_max_pool
 from tests.helpers.networks import (
     ALL_ARCHITECTURES,
     ConvertedNetworks,
@@ -80,6 +83,23 @@ def test_training_mode_is_refused_at_conversion() -> None:
         layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train())
 
 
+def test_dropout_left_in_training_mode_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout2d(), nn.Flatten()).eval()
+    model[1].train()
+    with pytest.raises(layermask.UnsupportedLayerError, match="training mode") as caught:
+        layermask.layer_mask(model)
+    assert caught.value.op == "torch.nn.modules.dropout.Dropout2d" and caught.value.module_path == "1"
+
+
+@pytest.mark.parametrize("activation", [nn.Hardtanh(0.5, 1.0), nn.Hardtanh(-2.0, -1.0)])
+def test_hardtanh_that_moves_zero_is_refused(activation: nn.Module) -> None:
+    """hardtanh(0) != 0 would make hidden positions visible; these bounds have no rule."""
+    with pytest.raises(layermask.UnsupportedLayerError) as caught:
+        layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), activation, nn.Flatten()).eval())
+    assert caught.value.op == "torch.nn.modules.activation.Hardtanh"
+    layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardtanh(-0.5, 0.5), nn.Flatten()).eval())
+
+
 def test_converted_model_refuses_training_mode() -> None:
     masked = layermask.layer_mask(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval())
     masked.train()
@@ -95,7 +115,7 @@ def _calls(graph: torch.fx.Graph, target: object) -> list[torch.fx.Node]:
 def _fill_chain_start(coefficient: torch.fx.Node) -> torch.fx.Node:
     """The mask a chain of fill steps starts from (``coefficient`` is ``getitem(mask_fill_step(m, k), 0)``)."""
     mask = coefficient.args[0].args[0]
-    while mask.target is operator.getitem and mask.args[0].target is masked_ops.mask_fill_step:
+    while mask.target is operator.getitem and mask.args[0].target is mask_fill_step:
         mask = mask.args[0].args[0]
     return mask
 
@@ -103,19 +123,18 @@ def _fill_chain_start(coefficient: torch.fx.Node) -> torch.fx.Node:
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0", "densenet121", "mobilenet_v3_large"])
 def test_mask_work_is_emitted_once_per_forward(name: str, converted: ConvertedNetworks) -> None:
     graph = converted(name).graph_module.graph
-    mask_functions = [masked_ops.mask_fill_step, masked_ops.mask_max_pool, masked_ops.mask_product,
-                      masked_ops.mask_avg_pool, masked_ops.mask_adaptive_avg_pool]
+    mask_functions = [mask_fill_step, mask_max_pool, mask_product, mask_avg_pool, mask_adaptive_avg_pool]
     for fn in mask_functions:
         signatures = collections.Counter(repr(n.args) for n in _calls(graph, fn))
         assert all(count == 1 for count in signatures.values()), f"{fn.__name__} computed twice: {signatures}"
     # Each fill chain is as long as the longest fill that uses it, and no longer: convs at the
     # same resolution share one chain of grown masks and coefficients.
     longest: dict[torch.fx.Node, int] = collections.defaultdict(int)
-    convs = [n for n in _calls(graph, masked_ops.masked_conv2d) if n.args[1]]
+    convs = [n for n in _calls(graph, masked_conv2d) if n.args[1]]
     for conv in convs:
         start = _fill_chain_start(conv.args[1][0])
         longest[start] = max(longest[start], len(conv.args[1]))
-    assert len(_calls(graph, masked_ops.mask_fill_step)) == sum(longest.values())
+    assert len(_calls(graph, mask_fill_step)) == sum(longest.values())
     assert len(longest) < len(convs)
 
 
@@ -130,7 +149,7 @@ def test_fill_pruning_changes_no_output(name: str, converted: ConvertedNetworks,
 
 
 def _fills(model: layermask.LayerMaskedModel) -> list[int]:
-    return [len(n.args[1]) for n in _calls(model.graph_module.graph, masked_ops.masked_conv2d) if n.args[1]]
+    return [len(n.args[1]) for n in _calls(model.graph_module.graph, masked_conv2d) if n.args[1]]
 
 
 def test_fill_pruning_applies_only_where_outputs_are_discarded(converted: ConvertedNetworks,
@@ -156,9 +175,9 @@ class ThreeBranches(nn.Module):
 def test_fill_steps_run_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     model = layermask.layer_mask(ThreeBranches().eval())
     calls = 0
-    original = masked_ops.mask_fill_step
+    original = mask_fill_step
 
-    def counting(mask: torch.Tensor) -> tuple[masked_ops.FillStep, torch.Tensor]:
+    def counting(mask: torch.Tensor) -> tuple[FillStep, torch.Tensor]:
         nonlocal calls
         calls += 1
         return original(mask)

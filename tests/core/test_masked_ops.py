@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import layermask
-from layermask.transform import _ops as masked_ops
+from layermask.transform import _fill_ops
 from tests.helpers.reference_resnet import fill as literal_fill
 
 
@@ -23,10 +23,10 @@ def test_fill_matches_the_spec_formula() -> None:
     for iterations in (1, 2, 4):
         coefficients, grown = [], m
         for _ in range(iterations):
-            coefficient, grown = masked_ops.mask_fill_step(grown)
+            coefficient, grown = _fill_ops.mask_fill_step(grown)
             coefficients.append(coefficient)
         expected = literal_fill(a, m, iterations)
-        assert torch.allclose(masked_ops.neighbour_fill(a, coefficients, torch.ones(3, 1, 3, 3)), expected, atol=1e-5)
+        assert torch.allclose(_fill_ops.neighbour_fill(a, coefficients, torch.ones(3, 1, 3, 3)), expected, atol=1e-5)
 
 
 def test_fill_sets_frontier_to_mean_of_known_neighbours_and_keeps_known_pixels() -> None:
@@ -34,8 +34,8 @@ def test_fill_sets_frontier_to_mean_of_known_neighbours_and_keeps_known_pixels()
     m = torch.zeros(1, 1, 3, 3)
     a[0, 0, 0, 0], m[0, 0, 0, 0] = 2.0, 1.0
     a[0, 0, 0, 2], m[0, 0, 0, 2] = 4.0, 1.0
-    coefficient, _ = masked_ops.mask_fill_step(m)
-    out = masked_ops.neighbour_fill(a, [coefficient], torch.ones(1, 1, 3, 3))
+    coefficient, _ = _fill_ops.mask_fill_step(m)
+    out = _fill_ops.neighbour_fill(a, [coefficient], torch.ones(1, 1, 3, 3))
     assert out[0, 0, 0, 0] == 2.0 and out[0, 0, 0, 2] == 4.0  # known pixels never change
     assert torch.isclose(out[0, 0, 0, 1], torch.tensor(3.0), atol=1e-4)  # touches both: their mean
     assert torch.isclose(out[0, 0, 1, 0], torch.tensor(2.0), atol=1e-4)  # touches only the 2
@@ -87,18 +87,61 @@ def test_explicit_zero_padding_behaves_like_the_convs_own_padding() -> None:
     assert torch.allclose(out, asymmetric(images), atol=1e-5)
 
 
+class PadThen(nn.Module):
+    """Explicit padding, then a zero-preserving activation or a layout change, then a conv."""
+
+    def __init__(self, between: str) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 2, 0, 1))
+        self.act = nn.ReLU()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.between = between
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pad(x)
+        if self.between == "module":
+            x = self.act(x)
+        elif self.between == "function":
+            x = F.silu(x)
+        else:
+            x = x.contiguous()
+        return self.conv(x).flatten(1)
+
+
+@pytest.mark.parametrize("between", ["module", "function", "method"])
+@torch.inference_mode()
+def test_padding_before_a_pointwise_op_is_applied_once(between: str) -> None:
+    """Padding, then an op with f(0) == 0, is the same as the op, then padding: the conv sees it once."""
+    torch.manual_seed(0)
+    padded_first = PadThen(between).eval()
+    activation = {"module": nn.ReLU(), "function": nn.SiLU(), "method": nn.Identity()}[between]
+    padded_last = nn.Sequential(activation, padded_first.pad, padded_first.conv, nn.Flatten()).eval()
+    images, m = random_pair(size=8, seed=6)
+    expected = layermask.layer_mask(padded_last)(images, m)
+    assert torch.allclose(layermask.layer_mask(padded_first)(images, m), expected, atol=1e-6)
+    full = torch.ones_like(m)
+    assert torch.allclose(layermask.layer_mask(padded_first)(images, full), padded_first(images), atol=1e-5)
+
+
 @pytest.mark.parametrize("pad", [None, (0, 1, 0, 1), (2, 0, 1, 3)])
 def test_band_fill_equals_the_dense_fill(pad: tuple[int, int, int, int] | None) -> None:
     """The band-only fill (the default) against the dense depthwise form, with explicit padding fused in."""
     a, m = random_pair(channels=5, size=17)
     steps, grown = [], m
     for _ in range(3):
-        step, grown = masked_ops.mask_fill_step(grown)
+        step, grown = _fill_ops.mask_fill_step(grown)
         steps.append(step)
     assert steps[0].band is not None and 0 < steps[0].band.numel() < m.numel()
     kernel = torch.ones(5, 1, 3, 3)
-    dense = masked_ops.neighbour_fill(a, [masked_ops.FillStep(s.coefficient) for s in steps], kernel)
+    dense = _fill_ops.neighbour_fill(a, [_fill_ops.FillStep(s.coefficient) for s in steps], kernel)
     expected = dense if pad is None else F.pad(dense, pad)
-    band = masked_ops.neighbour_fill(a, steps, kernel, pad)
+    band = _fill_ops.neighbour_fill(a, steps, kernel, pad)
     assert band.shape == expected.shape and band.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(band, expected, atol=1e-6)
+
+
+def test_mask_neighbour_sum_by_shifts_equals_the_convolution() -> None:
+    """The eager mask neighbour sum against the portable one (a convolution), exactly, on 0/1 masks."""
+    _, m = random_pair(size=13, seed=4)
+    by_conv = _fill_ops.neighbour_sum(m, torch.ones(1, 1, 3, 3))
+    assert torch.equal(_fill_ops._mask_neighbour_sum_by_shifts(m), by_conv)
