@@ -150,6 +150,8 @@ def _band_fill(a: torch.Tensor, steps: Sequence[FillStep], pad: Pad | None, in_p
             band, neighbours = step.band, step.neighbours
             if pad is not None:
                 band, neighbours = step.in_padded_map(height, width, pad)
-            sums = F.embedding_bag(neighbours, rows, mode="sum", per_sample_weights=step.inside)
-            rows.index_add_(0, band, sums.mul_(step.band_coefficient))
+            # Under autocast the activation may be half precision while the masks stay float32.
+            weights = step.inside.to(rows.dtype)  # type: ignore[union-attr]
+            sums = F.embedding_bag(neighbours, rows, mode="sum", per_sample_weights=weights)
+            rows.index_add_(0, band, sums.mul_(step.band_coefficient.to(rows.dtype)))
     return out

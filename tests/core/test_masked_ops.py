@@ -9,6 +9,7 @@ from torch import nn
 
 import layermask
 from layermask.transform import _fill_ops
+from tests.helpers.networks import ConvertedNetworks, images_and_masks
 from tests.helpers.reference_resnet import fill as literal_fill
 
 
@@ -145,3 +146,16 @@ def test_mask_neighbour_sum_by_shifts_equals_the_convolution() -> None:
     _, m = random_pair(size=13, seed=4)
     by_conv = _fill_ops.neighbour_sum(m, torch.ones(1, 1, 3, 3))
     assert torch.equal(_fill_ops._mask_neighbour_sum_by_shifts(m), by_conv)
+
+
+def test_band_fill_runs_under_reduced_precision_autocast(converted: ConvertedNetworks) -> None:
+    """Under autocast activations are bfloat16 (float16 on CUDA) while the masks stay float32."""
+    images, masks = images_and_masks(2, seed=9)
+    model = converted("efficientnet_lite0")
+    with torch.inference_mode():
+        reference = model(images, masks)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images, masks)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max().item() <= 0.05 * reference.abs().max().item()
+    assert torch.equal(low.float().argmax(dim=1), reference.argmax(dim=1))
