@@ -4,7 +4,9 @@ A :class:`ScoringJob` is one image with the masks to apply to it (keep-matrix ro
 map, as LIME samples them, or explicit pixel masks), a masking strategy and the labels whose
 probabilities are wanted. :func:`score_jobs` runs any number of jobs, of different images and
 strategies, through shared forward passes of at most ``max_rows`` rows, and builds the masks of
-one pass at a time, so memory does not grow with the number of rows.
+one pass at a time, so memory does not grow with the number of rows. Masks are built, and images
+moved, on the model's device (:attr:`~layermask.models.LoadedModel.device`); only the probabilities
+come back to the CPU.
 
 A :data:`Scorer` turns one job into probabilities. :class:`LocalScorer` computes them in this
 process; a serving backend can supply one that computes them elsewhere.
@@ -21,10 +23,12 @@ import torch
 from layermask.masking.strategies import MASKING_STRATEGIES, cached_masker
 from layermask.models.registry import LoadedModel
 
+__all__ = ["LocalScorer", "Scorer", "ScoringJob", "rows_to_masks", "score_jobs"]
+
 
 def rows_to_masks(rows: np.ndarray, segments: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Pixel masks (B×1×H×W, 1 = visible) for keep-matrix rows over a segment label map."""
-    return torch.from_numpy(rows).to(dtype)[:, segments].unsqueeze(1)
+    """Pixel masks (B×1×H×W, 1 = visible) for keep-matrix rows over a segment label map, on ``segments``' device."""
+    return torch.from_numpy(rows).to(segments.device, dtype)[:, segments].unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,14 @@ class ScoringJob:
             if bad:
                 raise ValueError(f"labels: {bad} out of range for a model with {num_classes} classes")
 
-    def mask_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """The pixel masks of rows ``start:stop`` (B×1×H×W)."""
+    def mask_rows(self, start: int, stop: int, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+        """The pixel masks of rows ``start:stop`` (B×1×H×W), built on ``device``."""
         if self.rows is not None and self.segments is not None:
-            return rows_to_masks(self.rows[start:stop], torch.from_numpy(self.segments).long(), dtype)
+            segments = torch.from_numpy(self.segments).to(device, torch.long)
+            return rows_to_masks(self.rows[start:stop], segments, dtype)
         assert self.masks is not None
-        return torch.from_numpy(np.ascontiguousarray(self.masks[start:stop])).to(dtype).unsqueeze(1)
+        return torch.from_numpy(np.ascontiguousarray(self.masks[start:stop])).to(device, dtype).unsqueeze(1)
 
 
 Scorer = Callable[[ScoringJob], np.ndarray]
@@ -116,18 +122,20 @@ def score_jobs(model: LoadedModel, jobs: Sequence[ScoringJob], max_rows: int,
         raise ValueError(f"max_rows must be positive, got {max_rows}")
     outputs = [np.empty((job.num_rows, model.num_classes if job.labels is None else len(job.labels)))
                for job in jobs]
+    device = model.device
     for masking in dict.fromkeys(job.masking for job in jobs):
         masker = cached_masker(masking, model)
         indices = [i for i, job in enumerate(jobs) if job.masking == masking]
         for pieces in _passes(jobs, indices, max_rows):
             first = jobs[pieces[0][0]].image
             dtype = first.dtype
-            masks = torch.cat([jobs[i].mask_rows(start, stop, dtype) for i, start, stop in pieces])
+            masks = torch.cat([jobs[i].mask_rows(start, stop, dtype, device) for i, start, stop in pieces])
             if all(jobs[i].image is first for i, _, _ in pieces):
-                images = first  # broadcast over the pass, as a single LIME run does
+                images = first.to(device)  # broadcast over the pass, as a single LIME run does
             else:
-                images = torch.cat([jobs[i].image.expand(stop - start, -1, -1, -1) for i, start, stop in pieces])
-            probabilities = masker(images, masks).softmax(dim=-1)
+                images = torch.cat([jobs[i].image.to(device).expand(stop - start, -1, -1, -1)
+                                    for i, start, stop in pieces])
+            probabilities = masker(images, masks).softmax(dim=-1).cpu()
             offset = 0
             for i, start, stop in pieces:
                 block = probabilities[offset : offset + stop - start]

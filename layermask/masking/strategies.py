@@ -8,6 +8,9 @@ most LIME implementations do:
   ImageNet-normalised models);
 - ``black``: RGB (0, 0, 0), i.e. ``-mean / std`` after normalisation;
 - ``blur``: a Gaussian-blurred copy of the image.
+
+Each strategy runs where its inputs are: ``layer`` on the network's device (its converted
+constants are moved there), the fills on the images' device.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from layermask.devices import module_device
 from layermask.masking.names import MASKING_STRATEGIES
 from layermask.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from layermask.models.registry import LoadedModel
 from layermask.transform import layer_mask
 from layermask.transform.inputs import check_images_and_masks
+
+__all__ = ["FillMasker", "LayerMasker", "Masker", "cached_masker", "get_masker"]
 
 Masker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,7 +38,8 @@ class LayerMasker:
     """Layer masking: hidden pixels have no influence on the output."""
 
     def __init__(self, network: nn.Module) -> None:
-        self.model = layer_mask(network)
+        # The converter creates its own constants (folded batch norm, fill kernels) on the CPU.
+        self.model = layer_mask(network).to(module_device(network))
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -58,7 +65,7 @@ class FillMasker:
 
 def _constant_colour(colour: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def fill(images: torch.Tensor) -> torch.Tensor:
-        return colour.to(images.dtype).view(1, -1, 1, 1).expand_as(images)
+        return colour.to(images.device, images.dtype).view(1, -1, 1, 1).expand_as(images)
 
     return fill
 
@@ -76,7 +83,8 @@ def _fully_visible(runtime: Masker) -> Callable[[torch.Tensor], torch.Tensor]:
     """A mask-aware model with nothing hidden is the plain network (property 2 of the spec)."""
 
     def network(images: torch.Tensor) -> torch.Tensor:
-        return runtime(images, torch.ones(images.shape[0], 1, *images.shape[2:], dtype=images.dtype))
+        return runtime(images, torch.ones(images.shape[0], 1, *images.shape[2:], dtype=images.dtype,
+                                          device=images.device))
 
     return network
 
@@ -118,12 +126,13 @@ def get_masker(
     raise ValueError(f"unknown masking strategy {name!r}; choose one of {', '.join(MASKING_STRATEGIES)}")
 
 
-_MASKERS: weakref.WeakKeyDictionary[object, dict[str, Masker]] = weakref.WeakKeyDictionary()
+_MASKERS: weakref.WeakKeyDictionary[object, dict[tuple[str, torch.device], Masker]] = weakref.WeakKeyDictionary()
 
 
 def cached_masker(name: str, model: LoadedModel) -> Masker:
-    """:func:`get_masker` for a loaded model, converted once per network and strategy."""
+    """:func:`get_masker` for a loaded model, converted once per network, device and strategy."""
     per_network = _MASKERS.setdefault(model.network if model.network is not None else model.masked_runtime, {})
-    if name not in per_network:
-        per_network[name] = get_masker(name, model)
-    return per_network[name]
+    key = (name, model.device)
+    if key not in per_network:
+        per_network[key] = get_masker(name, model)
+    return per_network[key]

@@ -16,7 +16,20 @@ import torch
 import torchvision
 from torch import nn
 
+from layermask.devices import module_device
 from layermask.models.preprocessing import ImageLike, Preprocessing
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMAGENET_CATEGORIES",
+    "LoadedModel",
+    "ModelBuilder",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "register_model",
+    "torchvision_classifiers",
+]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_CATEGORIES: list[str] = list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
@@ -46,6 +59,27 @@ class LoadedModel:
         if self.network is None:
             raise ValueError(f"model {self.name!r} is a {self.format} model without a PyTorch network")
         return self.network
+
+    @property
+    def device(self) -> torch.device:
+        """Where the masked model runs, so where masks and batches are built: the network's device, or
+        the CPU for a runtime graph (it takes CPU tensors; its execution providers pick its device)."""
+        return torch.device("cpu") if self.network is None else module_device(self.network)
+
+    def to(self, device: torch.device | str) -> LoadedModel:
+        """Move the network to ``device`` (in place) and return this model.
+
+        Maskers converted before the move are not reused (:func:`~layermask.masking.strategies.cached_masker`
+        keys them by device). A runtime graph only runs where its execution providers put it.
+        """
+        target = torch.device(device)
+        if self.network is None:
+            if target.type != "cpu":
+                raise ValueError(f"model {self.name!r} is a {self.format} model; its execution providers choose "
+                                 f"its device, not {str(target)!r}")
+            return self
+        self.network.to(target)
+        return self
 
     @property
     def input_size(self) -> tuple[int, int]:
