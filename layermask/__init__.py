@@ -1,7 +1,8 @@
 """layermask: LIME explanations for image CNNs with layer masking (Balasubramanian & Feizi, ICCV 2023)."""
 
-from layermask.errors import UnsupportedLayerError
+from layermask.errors import InvalidOptionError, UnsupportedLayerError
 from layermask.explanation.lime import explain
+from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
 from layermask.masking import MASKING_STRATEGIES, Masker, get_masker
 from layermask.models import DEFAULT_MODEL, LoadedModel, Preprocessing, list_models, load_model, register_model
@@ -11,7 +12,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "MASKING_STRATEGIES",
     "ClassScore",
+    "ExplainOptions",
     "Explanation",
+    "InvalidOptionError",
     "LabelExplanation",
     "LayerMaskedModel",
     "LoadedModel",

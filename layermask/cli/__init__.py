@@ -17,6 +17,8 @@ from layermask.cli.explain import add_explain_command, run_explain
 from layermask.errors import UnsupportedLayerError
 from layermask.models.registry import DEFAULT_MODEL
 
+__all__ = ["Parser", "build_parser_with_commands", "guarded", "main", "run"]
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line and exit status 2, like every other CLI error."""

@@ -13,6 +13,8 @@ from layermask.masking.masks import random_patch_masks
 from layermask.masking.strategies import MASKING_STRATEGIES, get_masker
 from layermask.models.registry import DEFAULT_MODEL, LoadedModel, load_model
 
+__all__ = ["run_demo", "top_predictions"]
+
 Predictions = dict[str, list[tuple[str, float]]]
 
 

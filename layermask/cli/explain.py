@@ -9,30 +9,37 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from layermask.explanation.segmentation import DEFAULT_MAX_SEGMENTS, SEGMENTATIONS
-from layermask.masking.names import MASKING_STRATEGIES
+from layermask.explanation.options import ExplainOptions
+from layermask.explanation.segmentation import SEGMENTATIONS
+from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.registry import DEFAULT_MODEL
+
+__all__ = ["ProgressBar", "add_explain_command", "parse_segmentation", "run_explain"]
+
+_DEFAULTS = ExplainOptions()
 
 
 def add_explain_command(commands: Any) -> None:
+    """``layermask explain``; its options' defaults are :class:`ExplainOptions`'s, and it checks none of them."""
     explain = commands.add_parser("explain", help="explain a prediction with layer-masked LIME")
     explain.add_argument("image", type=Path, help="PNG, JPEG or WebP file")
     explain.add_argument("--model", default=DEFAULT_MODEL)
     explain.add_argument("--weights", type=Path, help="local state-dict file (torchvision architectures)")
-    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default="layer")
-    explain.add_argument("--segmentation", default="quickshift", metavar="METHOD[:k=v,...]",
+    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default=DEFAULT_MASKING)
+    explain.add_argument("--segmentation", default=_DEFAULTS.segmentation_method, metavar="METHOD[:k=v,...]",
                          help=f"one of {', '.join(SEGMENTATIONS)} with optional parameters, "
                               "e.g. slic:n_segments=50,compactness=10")
-    explain.add_argument("--segments-file", type=Path, help="a .npy integer label map at the model's input size")
-    explain.add_argument("--max-segments", type=int, default=DEFAULT_MAX_SEGMENTS)
-    explain.add_argument("--samples", type=int, default=1000)
-    explain.add_argument("--keep-probability", type=float, default=0.5)
-    explain.add_argument("--kernel-width", type=float, default=0.25)
-    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--segments-file", type=Path,
+                         help="a .npy integer label map at the model's input size or at the image's")
+    explain.add_argument("--max-segments", type=int, default=_DEFAULTS.max_segments)
+    explain.add_argument("--samples", type=int, default=_DEFAULTS.num_samples, help="LIME's num_samples")
+    explain.add_argument("--keep-probability", type=float, default=_DEFAULTS.keep_probability)
+    explain.add_argument("--kernel-width", type=float, default=_DEFAULTS.kernel_width)
+    explain.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     explain.add_argument("--batch-size", type=int)
     labels = explain.add_mutually_exclusive_group()
     labels.add_argument("--label", type=int, action="append", help="explain this class index (repeatable)")
-    labels.add_argument("--top-labels", type=int, default=1)
+    labels.add_argument("--top-labels", type=int, default=_DEFAULTS.top_labels)
     explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
     explain.add_argument("--json", type=Path, help="also write the explanation as JSON")
     explain.add_argument("--no-progress", action="store_true")
@@ -64,14 +71,8 @@ class ProgressBar:
         self.stream.flush()
 
 
-def run_explain(args: argparse.Namespace) -> None:
-    from layermask.explanation.lime import explain
-    from layermask.models.images import load_image
-    from layermask.models.registry import load_model
-
-    image = load_image(args.image)
-    if args.max_segments < 2:
-        raise ValueError(f"--max-segments must be at least 2, got {args.max_segments}")
+def explain_options(args: argparse.Namespace) -> ExplainOptions:
+    """The :class:`ExplainOptions` of the command line (``InvalidOptionError`` names a bad one)."""
     segmentation: str | np.ndarray
     params: dict[str, str] = {}
     if args.segments_file is not None:
@@ -80,13 +81,22 @@ def run_explain(args: argparse.Namespace) -> None:
         segmentation = np.load(args.segments_file, allow_pickle=False)
     else:
         segmentation, params = parse_segmentation(args.segmentation)
-    model = load_model(args.model, args.weights)
-    explanation = explain(
-        model, image, masking=args.masking, segmentation=segmentation, segmentation_params=params or None,
+    return ExplainOptions(
+        masking=args.masking, segmentation=segmentation, segmentation_params=params, max_segments=args.max_segments,
         num_samples=args.samples, keep_probability=args.keep_probability, kernel_width=args.kernel_width,
         labels=args.label, top_labels=args.top_labels, seed=args.seed, batch_size=args.batch_size,
-        progress=None if args.no_progress else ProgressBar(), max_segments=args.max_segments,
     )
+
+
+def run_explain(args: argparse.Namespace) -> None:
+    from layermask.explanation.lime import explain
+    from layermask.models.images import load_image
+    from layermask.models.registry import load_model
+
+    image = load_image(args.image)
+    options = explain_options(args)  # before the slow model load
+    model = load_model(args.model, args.weights)
+    explanation = explain(model, image, options, progress=None if args.no_progress else ProgressBar())
     print("top predictions:")
     for prediction in explanation.top_predictions:
         print(f"  {prediction.label:4d} {prediction.name:<30} {prediction.probability:7.2%}")

@@ -1,11 +1,14 @@
-"""Explanations: batched LIME over masked batches, segmentation, scoring, the result and its rendering."""
+"""Explanations: their options, batched LIME over masked batches, segmentation, scoring, the result and its
+rendering."""
 
-from layermask.explanation.lime import explain, explain_many, plan_explanation
+from layermask.explanation.lime import explain, explain_many, finish_explanation, plan_explanation
+from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
 from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob, score_jobs
 
 __all__ = [
     "ClassScore",
+    "ExplainOptions",
     "Explanation",
     "LabelExplanation",
     "LocalScorer",
@@ -13,6 +16,7 @@ __all__ = [
     "ScoringJob",
     "explain",
     "explain_many",
+    "finish_explanation",
     "plan_explanation",
     "score_jobs",
 ]

@@ -1,8 +1,10 @@
 """Batched LIME with any masking strategy.
 
-The algorithm, step by step (each step is a function below):
+The options of a run are an :class:`~layermask.explanation.options.ExplainOptions`, checked when
+it is made; :func:`plan_explanation` checks them against the model and the image. Then the
+algorithm, step by step (each step is a function below):
 
-1. :func:`segment` the image the model sees (the preprocessed crop);
+1. :func:`segment_crop`: segment the image the model sees (the preprocessed crop);
 2. :func:`sample_perturbations`: a binary keep-matrix ``Z`` (samples × segments), each segment
    kept with ``keep_probability``, the first row all ones;
 3. :func:`predict_perturbations`: score the rows batch by batch through a
@@ -17,7 +19,7 @@ The algorithm, step by step (each step is a function below):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +28,15 @@ import torch
 from sklearn.linear_model import Ridge
 from sklearn.metrics import pairwise_distances
 
+from layermask.errors import InvalidOptionError
+from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
 from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob, rows_to_masks, score_jobs
-from layermask.explanation.segmentation import DEFAULT_MAX_SEGMENTS, segment, segmentation_parameters
-from layermask.masking.names import MASKING_STRATEGIES
-from layermask.models.preprocessing import ImageLike
+from layermask.explanation.segmentation import segment
+from layermask.models.preprocessing import ImageLike, Preprocessing, to_rgb_image
 from layermask.models.registry import LoadedModel
 
-__all__ = ["explain", "explain_many", "plan_explanation", "rows_to_masks", "sample_perturbations"]
+__all__ = ["explain", "explain_many", "finish_explanation", "plan_explanation", "rows_to_masks", "sample_perturbations"]
 
 Progress = Callable[[int, int], None]
 
@@ -42,6 +45,22 @@ Progress = Callable[[int, int], None]
 # 10.6, 10.3 and 10.3 ms per image at batch 8, 16, 32 and 64. Only the CPU has been measured;
 # other devices use the CPU figure until they are.
 DEFAULT_BATCH_SIZE = {"cpu": 32}
+
+
+def segment_crop(pixels: np.ndarray, image_size: tuple[int, int], preprocessing: Preprocessing,
+                 options: ExplainOptions) -> np.ndarray:
+    """The segments of the crop ``pixels`` (H×W×3 uint8) as ``options`` ask.
+
+    A label map is used as it is at the crop's size; one at ``image_size``, the original image's
+    (height, width), is resized and cropped like the image.
+    """
+    segmentation = options.segmentation
+    if isinstance(segmentation, np.ndarray) and segmentation.shape != pixels.shape[:2]:
+        if segmentation.shape != image_size:
+            raise InvalidOptionError("segmentation", f"shape {segmentation.shape} matches neither the image "
+                                                     f"{image_size} nor the model's input size {pixels.shape[:2]}")
+        segmentation = preprocessing.crop_label_map(segmentation)
+    return segment(pixels, segmentation, options.segmentation_params, options.max_segments)
 
 
 def sample_perturbations(num_samples: int, num_segments: int, keep_probability: float, seed: int) -> np.ndarray:
@@ -89,42 +108,13 @@ def default_batch_size(device: torch.device | str = "cpu") -> int:
     return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE["cpu"])
 
 
-def _check_arguments(num_samples: int, keep_probability: float, kernel_width: float, top_labels: int,
-                     seed: int, batch_size: int | None, num_classes: int, labels: Sequence[int] | None) -> None:
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer of at least 2, got {num_samples!r}")
-    if not 0.0 < keep_probability <= 1.0:
-        raise ValueError(f"keep_probability must be in (0, 1], got {keep_probability!r}")
-    if not kernel_width > 0 or not np.isfinite(kernel_width):
-        raise ValueError(f"kernel_width must be positive, got {kernel_width!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if labels is not None:
-        if len(labels) == 0:
-            raise ValueError("labels must not be empty")
-        bad = [label for label in labels if not 0 <= int(label) < num_classes]
-        if bad:
-            raise ValueError(f"labels {bad} are out of range for a model with {num_classes} classes")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"labels must be distinct, got {list(labels)}")
-    elif not 1 <= top_labels <= num_classes:
-        raise ValueError(f"top_labels must be between 1 and {num_classes}, got {top_labels!r}")
-
-
 def _check_perturbations(rows: np.ndarray, num_segments: int) -> np.ndarray:
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] != num_segments:
-        raise ValueError(f"perturbations must be samples × {num_segments} segments, got shape {rows.shape}")
+        raise InvalidOptionError("perturbations", f"must be samples × {num_segments} segments, got shape {rows.shape}")
     if rows.shape[0] < 2 or not np.isin(rows, (0, 1)).all():
-        raise ValueError("perturbations must hold at least two rows of 0s and 1s")
+        raise InvalidOptionError("perturbations", "must hold at least two rows of 0s and 1s")
     return rows.astype(np.uint8)
-
-
-def _check_masking(masking: str) -> None:
-    if masking not in MASKING_STRATEGIES:
-        raise ValueError(f"unknown masking strategy {masking!r}; choose one of {', '.join(MASKING_STRATEGIES)}")
 
 
 @dataclass
@@ -132,77 +122,54 @@ class ExplanationPlan:
     """What a LIME run decides before the model runs: the crop, its segments and the keep-matrix."""
 
     model: LoadedModel
-    masking: str
+    options: ExplainOptions
     pixels: np.ndarray
     tensor: torch.Tensor
     segments: np.ndarray
-    segmentation: str
-    segmentation_params: dict[str, Any]
     rows: np.ndarray
-    seed: int
-    keep_probability: float
-    kernel_width: float
-    labels: list[int] | None
-    top_labels: int
     timings: dict[str, float] = field(default_factory=dict)
 
     def job(self, rows: np.ndarray, labels: tuple[int, ...] | None) -> ScoringJob:
-        return ScoringJob(self.tensor, self.masking, segments=self.segments, rows=rows, labels=labels)
+        return ScoringJob(self.tensor, self.options.masking, segments=self.segments, rows=rows, labels=labels)
 
     def unmasked_job(self) -> ScoringJob:
         """The all-visible image, every class: the prediction being explained."""
         return self.job(np.ones((1, self.rows.shape[1]), dtype=np.uint8), None)
 
 
-def plan_explanation(
-    model: LoadedModel,
-    image: ImageLike,
-    *,
-    masking: str = "layer",
-    segmentation: str | np.ndarray = "quickshift",
-    segmentation_params: Mapping[str, Any] | None = None,
-    num_samples: int = 1000,
-    keep_probability: float = 0.5,
-    kernel_width: float = 0.25,
-    labels: Sequence[int] | None = None,
-    top_labels: int = 1,
-    seed: int = 0,
-    batch_size: int | None = None,
-    perturbations: np.ndarray | None = None,
-    max_segments: int = DEFAULT_MAX_SEGMENTS,
-) -> ExplanationPlan:
-    """Check the arguments (``ValueError``), crop and segment the image and sample the keep-matrix.
+def plan_explanation(model: LoadedModel, image: ImageLike, options: ExplainOptions | None = None, *,
+                     perturbations: np.ndarray | None = None, **overrides: Any) -> ExplanationPlan:
+    """Check ``options`` against ``model`` and ``image``, crop and segment the image and sample the keep-matrix.
 
-    The arguments are :func:`explain`'s.
+    ``overrides`` replace fields of ``options`` (or of the defaults). Bad options, a segmentation
+    unfit for the image and bad ``perturbations`` raise :class:`~layermask.errors.InvalidOptionError`
+    naming the option; this is the last step that checks anything.
     """
-    _check_arguments(num_samples, keep_probability, kernel_width, top_labels, seed, batch_size,
-                     model.num_classes, labels)
-    _check_masking(masking)
+    options = (options or ExplainOptions()).replace(**overrides)
+    options.check_model(model)
     started = time.perf_counter()
-    crop = model.preprocessing.crop(image)
+    rgb = to_rgb_image(image)
+    crop = model.preprocessing.crop(rgb)
     pixels = np.asarray(crop)
-    if isinstance(segmentation, np.ndarray):
-        segments, method, params = segment(pixels, segmentation, None, max_segments), "label_map", {}
-    else:
-        params = segmentation_parameters(segmentation, segmentation_params)
-        segments, method = segment(pixels, segmentation, params, max_segments), segmentation
+    segments = segment_crop(pixels, (rgb.height, rgb.width), model.preprocessing, options)
     timings = {"segmentation": time.perf_counter() - started}
+    num_segments = int(segments.max()) + 1
     if perturbations is None:
-        rows = sample_perturbations(num_samples, int(segments.max()) + 1, keep_probability, seed)
+        rows = sample_perturbations(options.num_samples, num_segments, options.keep_probability, options.seed)
     else:
-        rows = _check_perturbations(perturbations, int(segments.max()) + 1)
+        rows = _check_perturbations(perturbations, num_segments)
     tensor = model.preprocessing.normalise(crop).unsqueeze(0)
-    return ExplanationPlan(model, masking, pixels, tensor, segments, method, params, rows, seed, keep_probability,
-                           kernel_width, None if labels is None else [int(label) for label in labels], top_labels,
-                           timings)
+    return ExplanationPlan(model, options, pixels, tensor, segments, rows, timings)
 
 
 def choose_labels(plan: ExplanationPlan, probabilities: np.ndarray) -> tuple[list[ClassScore], list[int]]:
     """The top predictions of the unmasked image, and the labels to explain: the explicit ones or the top ones."""
     names = plan.model.class_names
-    order = np.argsort(-probabilities, kind="stable")[: min(max(5, plan.top_labels), len(names))]
+    top_labels = plan.options.top_labels
+    order = np.argsort(-probabilities, kind="stable")[: min(max(5, top_labels), len(names))]
     top = [ClassScore(int(i), names[int(i)], float(probabilities[i])) for i in order]
-    chosen = plan.labels if plan.labels is not None else [p.label for p in top[: plan.top_labels]]
+    labels = plan.options.labels
+    chosen = list(labels) if labels is not None else [p.label for p in top[:top_labels]]
     return top, chosen
 
 
@@ -210,7 +177,8 @@ def fit_explanation(plan: ExplanationPlan, top_predictions: list[ClassScore], la
                     targets: np.ndarray) -> Explanation:
     """Weigh the rows and fit one ridge regression per label to ``targets`` (samples × labels)."""
     started = time.perf_counter()
-    weights = sample_weights(plan.rows, plan.kernel_width)
+    options = plan.options
+    weights = sample_weights(plan.rows, options.kernel_width)
     explanations = {}
     for column, label in enumerate(labels):
         coefficients, intercept, score, local = fit_label(plan.rows, targets[:, column], weights)
@@ -219,55 +187,48 @@ def fit_explanation(plan: ExplanationPlan, top_predictions: list[ClassScore], la
     plan.timings["fit"] = time.perf_counter() - started
     return Explanation(
         model=plan.model.name, image=plan.pixels, segments=plan.segments, explanations=explanations,
-        top_predictions=top_predictions, masking=plan.masking, segmentation=plan.segmentation,
-        segmentation_params=plan.segmentation_params, seed=plan.seed, num_samples=len(plan.rows),
-        keep_probability=plan.keep_probability, kernel_width=plan.kernel_width, timings=plan.timings,
+        top_predictions=top_predictions, masking=options.masking, segmentation=options.segmentation_method,
+        segmentation_params=dict(options.segmentation_params), seed=options.seed, num_samples=len(plan.rows),
+        keep_probability=options.keep_probability, kernel_width=options.kernel_width, timings=plan.timings,
     )
 
 
-def explain(
-    model: LoadedModel,
-    image: ImageLike,
-    *,
-    masking: str = "layer",
-    segmentation: str | np.ndarray = "quickshift",
-    segmentation_params: Mapping[str, Any] | None = None,
-    num_samples: int = 1000,
-    keep_probability: float = 0.5,
-    kernel_width: float = 0.25,
-    labels: Sequence[int] | None = None,
-    top_labels: int = 1,
-    seed: int = 0,
-    batch_size: int | None = None,
-    progress: Progress | None = None,
-    perturbations: np.ndarray | None = None,
-    max_segments: int = DEFAULT_MAX_SEGMENTS,
-    scorer: Scorer | None = None,
-) -> Explanation:
-    """Explain ``model``'s prediction on ``image`` with LIME under the ``masking`` strategy.
+def finish_explanation(plan: ExplanationPlan, scorer: Scorer | None = None,
+                       progress: Progress | None = None) -> Explanation:
+    """Score the rows of ``plan`` with ``scorer`` (by default in this process) and fit the explanation.
 
-    ``segmentation`` is a method name (``quickshift``, ``slic``, ``felzenszwalb``, ``grid``) with
-    optional ``segmentation_params``, or an integer label map at the model's input size.
-    ``labels`` explicitly, or else the ``top_labels`` classes of the unmasked prediction, are
-    explained. ``perturbations`` replaces the sampled keep-matrix (so that two strategies can be
-    compared on identical rows; ``num_samples`` and ``keep_probability`` are then ignored).
-    ``batch_size=None`` uses :data:`DEFAULT_BATCH_SIZE`. ``scorer`` computes the probabilities of
-    each batch (by default :class:`~layermask.explanation.scoring.LocalScorer` on ``model``; only ``model``'s
-    preprocessing and class names are used otherwise). Bad arguments raise ``ValueError``.
+    Nothing here checks input: an exception raised here is a failure of the computation.
     """
-    plan = plan_explanation(
-        model, image, masking=masking, segmentation=segmentation, segmentation_params=segmentation_params,
-        num_samples=num_samples, keep_probability=keep_probability, kernel_width=kernel_width, labels=labels,
-        top_labels=top_labels, seed=seed, batch_size=batch_size, perturbations=perturbations,
-        max_segments=max_segments,
-    )
-    batch_size = batch_size or default_batch_size()
-    scorer = scorer or LocalScorer(model, batch_size)
+    batch_size = plan.options.batch_size or default_batch_size()
+    scorer = scorer or LocalScorer(plan.model, batch_size)
     started = time.perf_counter()
     top_predictions, chosen = choose_labels(plan, scorer(plan.unmasked_job())[0])
     targets = predict_perturbations(scorer, plan, chosen, batch_size, progress)
     plan.timings["inference"] = time.perf_counter() - started
     return fit_explanation(plan, top_predictions, chosen, targets)
+
+
+def explain(model: LoadedModel, image: ImageLike, options: ExplainOptions | None = None, *,
+            progress: Progress | None = None, scorer: Scorer | None = None,
+            perturbations: np.ndarray | None = None, **overrides: Any) -> Explanation:
+    """Explain ``model``'s prediction on ``image`` with LIME.
+
+    ``options`` (an :class:`~layermask.explanation.options.ExplainOptions`) says how; keyword
+    ``overrides`` replace its fields, so ``explain(model, image, masking="grey", num_samples=500)``
+    works without one. ``perturbations`` replaces the sampled keep-matrix (so that two strategies
+    can be compared on identical rows; ``num_samples``, ``keep_probability`` and ``seed`` are then
+    unused). ``progress(done, total)`` is called after each batch; an exception it raises stops the
+    run. ``scorer`` computes the probabilities of each batch (by default
+    :class:`~layermask.explanation.scoring.LocalScorer` on ``model``; only ``model``'s preprocessing
+    and class names are used otherwise).
+
+    Raises:
+        InvalidOptionError: (a ``ValueError``) an option is invalid for ``model`` or ``image``;
+            ``field`` names it. Raised before the model runs.
+        TypeError: an override that is not a field of ``ExplainOptions``.
+    """
+    plan = plan_explanation(model, image, options, perturbations=perturbations, **overrides)
+    return finish_explanation(plan, scorer, progress)
 
 
 def explain_many(model: LoadedModel, plans: Sequence[ExplanationPlan], max_rows: int,

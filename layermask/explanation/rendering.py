@@ -6,6 +6,8 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
+__all__ = ["diverging_colours", "render_overlay"]
+
 # A blue-white-red diverging ramp: negative weights blue, positive red.
 _NEGATIVE = np.array([33, 102, 172], dtype=np.float32)
 _NEUTRAL = np.array([247, 247, 247], dtype=np.float32)

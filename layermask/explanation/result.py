@@ -12,6 +12,8 @@ from PIL import Image
 
 from layermask.explanation.rendering import render_overlay
 
+__all__ = ["ClassScore", "Explanation", "LabelExplanation"]
+
 
 @dataclass(frozen=True)
 class ClassScore:

@@ -1,7 +1,9 @@
 """Segmenting an image into the regions LIME switches on and off.
 
 All methods return an ``int32`` label map with consecutive labels ``0 … n-1``. Parameters are
-validated here so that every caller (Python API, CLI, gRPC) reports bad values the same way.
+validated here so that every caller (Python API, CLI, gRPC) reports bad values the same way: an
+:class:`~layermask.errors.InvalidOptionError` naming the option (``segmentation``,
+``segmentation_params``) of :class:`~layermask.explanation.options.ExplainOptions`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from typing import Any
 
 import numpy as np
 from skimage import segmentation as skseg
+
+from layermask.errors import InvalidOptionError
+
+__all__ = ["DEFAULT_MAX_SEGMENTS", "SEGMENTATIONS", "segment", "segmentation_parameters"]
 
 DEFAULT_MAX_SEGMENTS = 1000
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb", "grid")
@@ -52,29 +58,37 @@ _PARAMETERS: dict[str, dict[str, _Parameter]] = {
 def segmentation_parameters(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``params`` checked against ``method``'s parameters and completed with their defaults."""
     if method not in _PARAMETERS:
-        raise ValueError(f"unknown segmentation {method!r}; choose one of {', '.join(SEGMENTATIONS)} or a label map")
+        raise InvalidOptionError("segmentation", f"unknown segmentation {method!r}; "
+                                                 f"choose one of {', '.join(SEGMENTATIONS)} or a label map")
     spec = _PARAMETERS[method]
     given = dict(params or {})
     unknown = sorted(set(given) - set(spec))
     if unknown:
-        raise ValueError(f"unknown {method} parameter(s) {', '.join(unknown)}; known: {', '.join(spec)}")
-    out: dict[str, Any] = {}
-    for name, parameter in spec.items():
-        value = given.get(name, parameter.default)
-        try:
-            value = parameter.kind(value)
-            if parameter.kind is int and float(given.get(name, value)) != value:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{method} parameter {name} must be {parameter.kind.__name__}, got {value!r}") from None
-        if not np.isfinite(value):
-            raise ValueError(f"{method} parameter {name} must be finite, got {value!r}")
-        if parameter.positive and value <= 0:
-            raise ValueError(f"{method} parameter {name} must be positive, got {value!r}")
-        if parameter.minimum is not None and value < parameter.minimum:
-            raise ValueError(f"{method} parameter {name} must be at least {parameter.minimum:g}, got {value!r}")
-        out[name] = value
-    return out
+        raise InvalidOptionError("segmentation_params", f"unknown {method} parameter(s) {', '.join(unknown)}; "
+                                                        f"known: {', '.join(spec)}")
+    return {name: _converted(method, name, parameter, given.get(name, parameter.default))
+            for name, parameter in spec.items()}
+
+
+def _converted(method: str, name: str, parameter: _Parameter, given: Any) -> Any:
+    """``given`` as the parameter's type, checked against its bounds."""
+
+    def refuse(what: str) -> InvalidOptionError:
+        return InvalidOptionError("segmentation_params", f"{method} parameter {name} must be {what}, got {given!r}")
+
+    try:
+        value = parameter.kind(given)
+        if parameter.kind is int and float(given) != value:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise refuse(parameter.kind.__name__) from None
+    if not np.isfinite(value):
+        raise refuse("finite")
+    if parameter.positive and value <= 0:
+        raise refuse("positive")
+    if parameter.minimum is not None and value < parameter.minimum:
+        raise refuse(f"at least {parameter.minimum:g}")
+    return value
 
 
 def _grid(image: np.ndarray, patch_size: int) -> np.ndarray:
@@ -100,9 +114,10 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 def check_segment_count(segments: np.ndarray, max_segments: int = DEFAULT_MAX_SEGMENTS) -> int:
     count = int(segments.max()) + 1
     if count < 2:
-        raise ValueError("the segmentation has a single segment; LIME needs at least two")
+        raise InvalidOptionError("segmentation", "the segmentation has a single segment; LIME needs at least two")
     if count > max_segments:
-        raise ValueError(f"the segmentation has {count} segments, more than the maximum of {max_segments}")
+        raise InvalidOptionError("segmentation", f"the segmentation has {count} segments, more than the maximum of "
+                                                 f"{max_segments} (max_segments)")
     return count
 
 
@@ -114,16 +129,18 @@ def segment(
 ) -> np.ndarray:
     """Label map of ``image`` (H×W×3 uint8) by ``method``, or a client label map given as ``method``.
 
-    Raises ``ValueError`` for an unknown method or parameter, a label map of the wrong shape or
-    type, and a result with one segment or more than ``max_segments``.
+    Raises :class:`~layermask.errors.InvalidOptionError` (a ``ValueError``) for an unknown method or
+    parameter, a label map of the wrong shape or type, and a result with one segment or more than
+    ``max_segments``.
     """
     if isinstance(method, np.ndarray):
         if params:
-            raise ValueError("a client label map takes no segmentation parameters")
+            raise InvalidOptionError("segmentation_params", "a client label map takes no segmentation parameters")
         if method.shape != image.shape[:2]:
-            raise ValueError(f"label map shape {method.shape} does not match the image {image.shape[:2]}")
+            raise InvalidOptionError("segmentation", f"label map shape {method.shape} does not match the image "
+                                                     f"{image.shape[:2]}")
         if not np.issubdtype(method.dtype, np.integer):
-            raise ValueError(f"label map must hold integers, got dtype {method.dtype}")
+            raise InvalidOptionError("segmentation", f"label map must hold integers, got dtype {method.dtype}")
         labels = relabel(method)
     else:
         checked = segmentation_parameters(method, params)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageLike", "Preprocessing", "to_rgb_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +64,29 @@ class Preprocessing:
     def __call__(self, image: ImageLike) -> torch.Tensor:
         """A 3×H×W float tensor at the model's input size."""
         return self.normalise(self.crop(image))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary: the fields, with lists for tuples and the interpolation's name."""
+        return {"input_size": list(self.input_size), "resize_size": self.resize_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation.value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict`; ``ValueError`` names a missing, unknown or malformed entry."""
+        names = [f.name for f in fields(cls)]
+        missing, unknown = [n for n in names if n not in data], sorted(set(data) - set(names))
+        if missing or unknown:
+            raise ValueError(f"preprocessing: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
+        try:
+            height, width = (int(side) for side in data["input_size"])
+            mean, std = (tuple(float(v) for v in data[key]) for key in ("mean", "std"))
+            if len(mean) != 3 or len(std) != 3:
+                raise ValueError("mean and std need three values")
+            return cls(input_size=(height, width), resize_size=int(data["resize_size"]),
+                       mean=mean, std=std,
+                       interpolation=TF.InterpolationMode(data["interpolation"]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"preprocessing: {error}") from None
 
     def denormalise(self, tensor: torch.Tensor) -> torch.Tensor:
         """Inverse of the normalisation, for display: values in [0, 1]."""

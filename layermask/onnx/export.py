@@ -16,6 +16,8 @@ import layermask
 from layermask.models.registry import LoadedModel
 from layermask.transform import layer_mask
 
+__all__ = ["DEFAULT_OPSET", "MASKING_SPEC_VERSION", "export_onnx"]
+
 DEFAULT_OPSET = 17
 # Bumped when the semantics of layer-masking-spec.md that the exported graph implements change.
 MASKING_SPEC_VERSION = "1"
@@ -33,17 +35,13 @@ class _Float16Boundary(nn.Module):
 
 
 def metadata(model: LoadedModel, fp16: bool) -> dict[str, str]:
-    p = model.preprocessing
     return {
         "layermask.model": model.name,
         "layermask.version": layermask.__version__,
         "layermask.masking_spec_version": MASKING_SPEC_VERSION,
         "layermask.precision": "float16" if fp16 else "float32",
         "layermask.class_names": json.dumps(model.class_names),
-        "layermask.models.preprocessing": json.dumps({
-            "input_size": list(p.input_size), "resize_size": p.resize_size, "mean": list(p.mean), "std": list(p.std),
-            "interpolation": p.interpolation.value,
-        }),
+        "layermask.preprocessing": json.dumps(model.preprocessing.to_dict()),
     }
 
 

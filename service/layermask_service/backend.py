@@ -18,33 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layermask.explanation.lime import default_batch_size, explain
+from layermask.errors import InvalidOptionError
+from layermask.explanation.lime import default_batch_size, finish_explanation, plan_explanation, segment_crop
+from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation
 from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob
-from layermask.explanation.segmentation import segment
 from layermask.masking.strategies import MASKING_STRATEGIES, cached_masker
 from layermask.models.registry import LoadedModel, load_model
 from layermask.onnx.export import export_onnx
 from layermask.onnx.runtime import load_onnx_model
+from layermask_service.errors import InvalidArgument, ModelNotFound
 from layermask_service.metrics import Metrics
 from layermask_service.settings import Settings
-from layermask_service.translate import (
-    ExplainJob,
-    InvalidArgument,
-    SegmentationChoice,
-    explain_arguments,
-    segmentation_for,
-)
+from layermask_service.translate import ExplainJob, RequestedSegmentation, option_error
 
 Progress = Callable[[int, int], None]
-
-
-class ModelNotFound(KeyError):
-    """The request names a model this server has not loaded."""
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot compute now (models still loading, TorchServe down); the message says why."""
 
 
 class Backend:
@@ -88,8 +76,12 @@ class Backend:
         return MASKING_STRATEGIES
 
     def explain(self, job: ExplainJob, progress: Progress | None = None) -> Explanation:
+        """Explain ``job``: check its options against the model and image (``InvalidArgument``), then compute."""
         model = self.model(job.model)
-        arguments = explain_arguments(job, model)
+        try:
+            plan = plan_explanation(model, job.image, job.options, batch_size=self.settings.batch_size)
+        except InvalidOptionError as error:
+            raise job.request_error(error) from None
         done = 0
 
         def record(now: int, total: int) -> None:
@@ -100,32 +92,26 @@ class Backend:
             if progress is not None:
                 progress(now, total)
 
-        try:
-            explanation = explain(model, job.image, **arguments, batch_size=self.settings.batch_size, progress=record,
-                                  scorer=self.scorer(model))
-        except InvalidArgument:
-            raise
-        except ValueError as error:  # the core's messages name the parameter (segmentation, labels, …)
-            raise InvalidArgument(str(error)) from None
+        explanation = finish_explanation(plan, self.scorer(model), record)
         for stage, seconds in explanation.timings.items():
             self.metrics.stage.labels("segment" if stage == "segmentation" else stage).observe(seconds)
         return explanation
 
     def predict(self, model_name: str, image: object, masking: str, mask: np.ndarray | None,
-                segment_keep: tuple[SegmentationChoice, list[bool]] | None, top_k: int) -> list[ClassScore]:
+                segment_keep: tuple[RequestedSegmentation, list[bool]] | None, top_k: int) -> list[ClassScore]:
         model = self.model(model_name)
         if not 1 <= top_k <= model.num_classes:
             raise InvalidArgument(f"top_k: must be between 1 and {model.num_classes}, got {top_k}")
         crop = model.preprocessing.crop(image)  # type: ignore[arg-type]
         tensor = model.preprocessing.normalise(crop).unsqueeze(0)
         if segment_keep is not None:
-            choice, keep = segment_keep
+            requested, keep = segment_keep
             size = (image.height, image.width)  # type: ignore[attr-defined]
-            method, params = segmentation_for(model, choice, size)
             try:
-                segments = segment(np.asarray(crop), method, params)
-            except ValueError as error:
-                raise InvalidArgument(f"segment_keep.segmentation: {error}") from None
+                options = ExplainOptions(segmentation=requested.segmentation, segmentation_params=requested.params)
+                segments = segment_crop(np.asarray(crop), size, model.preprocessing, options)
+            except InvalidOptionError as error:
+                raise option_error(error, requested) from None
             if len(keep) != int(segments.max()) + 1:
                 raise InvalidArgument(f"segment_keep.keep: has {len(keep)} values for {int(segments.max()) + 1} "
                                       "segments")
@@ -146,14 +132,14 @@ class EmbeddedBackend(Backend):
         self._export_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def load(self) -> None:
-        """Load every configured model and convert it for layer masking."""
+        """Load every configured model, move it to the configured device and convert it for layer masking."""
         for name in self.settings.models:
             start = time.perf_counter()
             model = self._load_onnx(name) if self.settings.format == "onnx" else \
-                load_model(name, self.settings.weights.get(name))
+                load_model(name, self.settings.weights.get(name)).to(self.settings.device)
             cached_masker("layer", model)
             self.models[name] = model
-            provider = getattr(model.masked_runtime, "provider", "pytorch-cpu")
+            provider = getattr(model.masked_runtime, "provider", f"pytorch-{model.device.type}")
             self.metrics.model_load.labels(name, model.format, provider).set(time.perf_counter() - start)
         self.loaded.set()
 

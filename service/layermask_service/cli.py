@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layermask import cli as core_cli
-from layermask.masking.names import MASKING_STRATEGIES
+from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.registry import DEFAULT_MODEL
 from layermask_service.torchserve.archive import FORMATS, ArchiveSettings, build_archive
 
@@ -30,6 +30,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--grace-seconds", type=float)
     serve.add_argument("--backend", choices=("embedded", "torchserve"),
                        help="where masked batches run (default: embedded, in this process)")
+    serve.add_argument("--device", metavar="cpu|cuda|cuda:N",
+                       help="where the embedded backend runs the models (default: cpu)")
     serve.add_argument("--torchserve-target", metavar="HOST:PORT", help="TorchServe's gRPC inference address")
     serve.add_argument("--start-torchserve", type=Path, metavar="MODEL_STORE",
                        help="also start TorchServe with the archives of MODEL_STORE (and stop it on exit); "
@@ -49,6 +51,8 @@ def add_commands(commands: Any) -> None:
     archive.add_argument("--workers", type=int, default=ArchiveSettings.workers)
     archive.add_argument("--response-timeout", type=int, default=ArchiveSettings.response_timeout_s, metavar="S")
     archive.add_argument("--max-rows-per-forward", type=int, default=ArchiveSettings.max_rows_per_forward)
+    archive.add_argument("--context-cache-entries", type=int, default=ArchiveSettings.context_cache_entries,
+                         help="explanation images and segments each worker keeps, so batches can name them by digest")
 
     client = commands.add_parser("client", help="call a running ExplainService")
     actions = client.add_subparsers(dest="client_command", required=True, parser_class=core_cli.Parser)
@@ -56,7 +60,7 @@ def add_commands(commands: Any) -> None:
     explain.add_argument("image", type=Path)
     explain.add_argument("--target", default="localhost:50051", help="HOST:PORT of the service")
     explain.add_argument("--model", default="")
-    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default="layer")
+    explain.add_argument("--masking", choices=MASKING_STRATEGIES, default=DEFAULT_MASKING)
     explain.add_argument("--segmentation", default="quickshift", metavar="METHOD[:k=v,...]")
     explain.add_argument("--samples", type=int)
     explain.add_argument("--seed", type=int)
@@ -75,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> None:
     overrides = {"host": args.host, "port": args.port, "metrics_host": args.metrics_host,
                  "metrics_port": args.metrics_port, "models": args.models, "max_concurrent": args.max_concurrent,
                  "max_queue": args.max_queue, "grace_seconds": args.grace_seconds, "backend": args.backend,
-                 "torchserve_target": args.torchserve_target}
+                 "torchserve_target": args.torchserve_target, "device": args.device}
     settings = load_settings(args.config, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.start_torchserve is None:
@@ -100,7 +104,8 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_archive(args: argparse.Namespace) -> None:
     settings = ArchiveSettings(batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
                                workers=args.workers, response_timeout_s=args.response_timeout,
-                               max_rows_per_forward=args.max_rows_per_forward)
+                               max_rows_per_forward=args.max_rows_per_forward,
+                               context_cache_entries=args.context_cache_entries)
     path = build_archive(args.model, args.output, weights=args.weights, fmt=args.format, settings=settings)
     print(f"wrote {path}")
 

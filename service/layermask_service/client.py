@@ -8,13 +8,15 @@ from typing import Any
 
 import grpc
 
+from layermask.explanation.segmentation import SEGMENTATIONS
+from layermask.masking.names import DEFAULT_MASKING
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
+from layermask_service.settings import MAX_MESSAGE_BYTES
 from layermask_service.translate import MASKING_ENUMS
 
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_SEGMENTATION_MESSAGES: dict[str, Any] = {"quickshift": pb.Quickshift, "slic": pb.Slic, "felzenszwalb": pb.Felzenszwalb,
-                          "grid": pb.Grid}
+# The message of each core method (a method without one fails here, at import).
+_SEGMENTATION_MESSAGES: dict[str, Any] = {name: getattr(pb, name.capitalize()) for name in SEGMENTATIONS}
 
 
 def segmentation_message(method: str = "quickshift", params: Mapping[str, Any] | None = None) -> pb.Segmentation:
@@ -31,7 +33,7 @@ def segmentation_message(method: str = "quickshift", params: Mapping[str, Any] |
     return pb.Segmentation(**{method: kind(**converted)})
 
 
-def explain_request(image: bytes, *, model: str = "", masking: str = "layer", segmentation: str = "quickshift",
+def explain_request(image: bytes, *, model: str = "", masking: str = DEFAULT_MASKING, segmentation: str = "quickshift",
                     segmentation_params: Mapping[str, Any] | None = None, num_samples: int | None = None,
                     keep_probability: float | None = None, kernel_width: float | None = None,
                     seed: int | None = None, labels: Sequence[int] | None = None, top_labels: int | None = None,
@@ -50,7 +52,7 @@ class ExplainClient:
     """Blocking client. ``timeout`` (seconds) becomes each call's gRPC deadline."""
 
     def __init__(self, target: str, timeout: float | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", max_message_bytes),
                                                               ("grpc.max_send_message_length", max_message_bytes)])
         self.stub = pb_grpc.ExplainServiceStub(self.channel)

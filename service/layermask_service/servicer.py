@@ -1,12 +1,15 @@
 """``layermask.v1.ExplainService``: validate, translate, delegate to the backend, report.
 
 Compute runs in a thread pool; the event loop only admits, waits and streams. A client's deadline
-or cancellation is checked between batches, so the compute stops within one batch.
+or cancellation is checked between batches, so the compute stops within one batch. Each error of
+:mod:`layermask_service.errors` has its status code; any other exception is a bug, answered with
+``INTERNAL`` and an incident id that the log holds with the traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +19,8 @@ from typing import Any, TypeVar
 import grpc
 
 from layermask_service.admission import Admission, QueueFull
-from layermask_service.backend import Backend, BackendUnavailable, ModelNotFound
+from layermask_service.backend import Backend
+from layermask_service.errors import BackendUnavailable, InvalidArgument, ModelNotFound, report_internal_error
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
@@ -24,7 +28,6 @@ from layermask_service.settings import Settings
 from layermask_service.translate import (
     MASKING_ENUMS,
     MASKING_NAMES,
-    InvalidArgument,
     class_scores,
     explain_job,
     explain_response,
@@ -35,6 +38,7 @@ from layermask_service.translate import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("layermask.server")
 
 
 class Stopped(Exception):
@@ -194,8 +198,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception as error:
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        except Exception:  # a bug, here or in the backend (BackendFailed)
+            code, message = grpc.StatusCode.INTERNAL, report_internal_error(log, f"serving {rpc}")
         finally:
             self.metrics.requests.labels(rpc, code.name).inc()
             self.metrics.latency.labels(model_label, masking_label, rpc, code.name).observe(

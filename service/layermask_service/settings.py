@@ -11,7 +11,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from layermask.devices import resolve_device
 from layermask.models.registry import DEFAULT_MODEL
+from layermask.onnx.runtime import PREFERRED_PROVIDERS
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_SAMPLES = 20_000  # the most perturbations one request may ask for
+"""The default limit on a gRPC message, both ways: the service's, its client's and its TorchServe channel's."""
 
 
 @dataclass(frozen=True)
@@ -23,16 +29,18 @@ class Settings:
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     weights: Mapping[str, str] = field(default_factory=dict)  # model name -> local weights (or .onnx) file
     format: str = "torch"        # "onnx": run the layer-masked models with ONNX Runtime
-    onnx_providers: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    max_message_bytes: int = 16 * 1024 * 1024
+    onnx_providers: tuple[str, ...] = PREFERRED_PROVIDERS
+    device: str = "cpu"          # "cuda", "cuda:N": where the embedded backend runs format "torch" models
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     max_concurrent: int = 1      # explanations computed at once
     max_queue: int = 4           # explanations waiting; past that, RESOURCE_EXHAUSTED
     grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may finish
-    max_samples: int = 20_000
+    max_samples: int = MAX_SAMPLES
     batch_size: int | None = None
     backend: str = "embedded"    # "torchserve": masked batches run in TorchServe at torchserve_target
     torchserve_target: str = "localhost:7070"  # TorchServe's gRPC inference API
     torchserve_timeout: float = 120.0          # seconds per call to TorchServe
+    torchserve_send_context_once: bool = True  # each explanation's image and segments once, then a digest
     health_interval: float = 2.0               # seconds between backend health checks
 
     def __post_init__(self) -> None:
@@ -52,6 +60,13 @@ class Settings:
             raise ValueError(f"backend must be 'embedded' or 'torchserve', got {self.backend!r}")
         if not self.torchserve_timeout > 0 or not self.health_interval > 0:
             raise ValueError("torchserve_timeout and health_interval must be positive")
+        if self.device != "cpu" and (self.backend, self.format) != ("embedded", "torch"):
+            raise ValueError(f"device: {self.device!r} applies to the embedded backend with format 'torch' only "
+                             "(ONNX Runtime's device follows onnx_providers; TorchServe assigns its workers' GPUs)")
+        resolve_device(self.device)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -66,6 +81,10 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if kind == "float":
         return float(value)
+    if kind == "bool" and isinstance(value, str):
+        if value.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return _BOOLEANS[value.strip().lower()]
     return value
 
 

@@ -1,58 +1,82 @@
-"""Translating between the protobuf messages and the core's arguments and results.
+"""Translating between the protobuf messages and the core's options and results.
 
-Every problem with a request raises :class:`InvalidArgument` with a message that starts with the
-offending field's name.
+Every problem with a request raises :class:`~layermask_service.errors.InvalidArgument` with a
+message that starts with the offending field's name. The explain fields are checked by the core's
+:class:`~layermask.ExplainOptions`, built once per request by :func:`explain_job`; its errors name
+the option, which :meth:`ExplainJob.request_error` turns into the request's field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from layermask.errors import InvalidOptionError
+from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation
-from layermask.explanation.segmentation import segmentation_parameters
-from layermask.models.images import decode_image
-from layermask.models.registry import LoadedModel
+from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
+from layermask.models.images import MAX_IMAGE_PIXELS, decode_image
+from layermask_service.errors import InvalidArgument
 from layermask_service.proto import explain_pb2 as pb
 
-MASKING_NAMES: dict[int, str] = {pb.MASKING_UNSPECIFIED: "layer", pb.MASKING_LAYER: "layer", pb.MASKING_GREY: "grey",
-                 pb.MASKING_BLACK: "black", pb.MASKING_BLUR: "blur"}
-MASKING_ENUMS: dict[str, Any] = {"layer": pb.MASKING_LAYER, "grey": pb.MASKING_GREY, "black": pb.MASKING_BLACK,
-                 "blur": pb.MASKING_BLUR}
+MASKING_ENUMS: dict[str, Any] = {name: pb.Masking.Value(f"MASKING_{name.upper()}") for name in MASKING_STRATEGIES}
+"""The proto enum value of each core strategy (a strategy without one fails here, at import)."""
+MASKING_NAMES: dict[int, str] = {pb.MASKING_UNSPECIFIED: DEFAULT_MASKING, **{v: k for k, v in MASKING_ENUMS.items()}}
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ExplainOptions))
+SCALAR_OPTIONS = tuple(f.name for f in pb.ExplainRequest.DESCRIPTOR.fields
+                       if f.name in _OPTION_NAMES and f.has_presence and f.message_type is None)
+"""The ``optional`` scalar fields of ``ExplainRequest`` that are ExplainOptions fields of the same name;
+unset, they take the options' defaults."""
 
 
-class InvalidArgument(ValueError):
-    """A request field is invalid; the message names the field."""
+@dataclass(frozen=True)
+class RequestedSegmentation:
+    """A request's segmentation as the core takes it, and the field it came from.
+
+    ``field`` is ``<prefix>.slic``, ``<prefix>.label_map`` etc., or ``<prefix>`` when no method is
+    set (the core's default). A label map is not checked here beyond filling its height × width.
+    """
+
+    segmentation: str | np.ndarray
+    params: dict[str, Any]
+    field: str
 
 
-@dataclass
-class SegmentationChoice:
-    """A method name with parameters, or a client label map still to be fitted to the model's input."""
-
-    method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    label_map: np.ndarray | None = None
-
-
-@dataclass
+@dataclass(frozen=True)
 class ExplainJob:
+    """An ``ExplainRequest`` translated: the model's name, the decoded image and the checked options."""
+
     model: str
     image: Image.Image
-    masking: str
-    segmentation: SegmentationChoice
-    num_samples: int
-    keep_probability: float
-    kernel_width: float
-    seed: int
-    labels: list[int] | None
-    top_labels: int
+    options: ExplainOptions
     heatmap_format: Any
+    segmentation: RequestedSegmentation
+
+    def request_error(self, error: InvalidOptionError) -> Exception:
+        """``error``, from checking :attr:`options` against the model and the image, as :func:`option_error`."""
+        return option_error(error, self.segmentation)
+
+
+def option_error(error: InvalidOptionError, segmentation: RequestedSegmentation) -> Exception:
+    """``error`` as the :class:`InvalidArgument` naming the request field behind the option.
+
+    The segmentation options are named by ``segmentation``'s field. An option that no request
+    field sets (a server setting such as ``batch_size``) is not the caller's mistake: ``error`` is
+    then returned as it is, to be reported as an internal error.
+    """
+    if error.field in ("segmentation", "segmentation_params"):
+        return InvalidArgument(f"{segmentation.field}: {error.reason}")
+    if error.field in pb.ExplainRequest.DESCRIPTOR.fields_by_name:
+        return InvalidArgument(str(error))
+    return error
 
 
 def masking_name(value: int, field_name: str = "masking") -> str:
@@ -68,85 +92,42 @@ def image_from(data: bytes, field_name: str = "image") -> Image.Image:
         raise InvalidArgument(f"{field_name}: {error}") from None
 
 
-def segmentation_from(message: pb.Segmentation, field_name: str = "segmentation") -> SegmentationChoice:
+def segmentation_from(message: pb.Segmentation, field_name: str = "segmentation") -> RequestedSegmentation:
     method = message.WhichOneof("method")
     if method is None:
-        return SegmentationChoice("quickshift", segmentation_parameters("quickshift"))
+        return RequestedSegmentation(ExplainOptions.segmentation, {}, field_name)
     chosen = getattr(message, method)
+    field = f"{field_name}.{method}"
     if method == "label_map":
         height, width = chosen.height, chosen.width
         if height < 1 or width < 1 or height * width != len(chosen.labels):
-            raise InvalidArgument(f"{field_name}.label_map: {len(chosen.labels)} labels do not fill "
+            raise InvalidArgument(f"{field}: {len(chosen.labels)} labels do not fill "
                                   f"height × width = {height} × {width}")
-        return SegmentationChoice("label_map", {}, np.asarray(chosen.labels, dtype=np.int64).reshape(height, width))
-    params = {f.name: value for f, value in chosen.ListFields()}
-    try:
-        return SegmentationChoice(method, segmentation_parameters(method, params))
-    except ValueError as error:
-        raise InvalidArgument(f"{field_name}.{method}: {error}") from None
+        return RequestedSegmentation(np.asarray(chosen.labels, dtype=np.int64).reshape(height, width), {}, field)
+    return RequestedSegmentation(method, {f.name: value for f, value in chosen.ListFields()}, field)
 
 
 def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int) -> ExplainJob:
-    """Check every field of ``request`` that needs no model, and gather the core's arguments."""
-    num_samples = request.num_samples if request.HasField("num_samples") else 1000
-    if not 2 <= num_samples <= max_samples:
-        raise InvalidArgument(f"num_samples: must be between 2 and {max_samples}, got {num_samples}")
-    keep = request.keep_probability if request.HasField("keep_probability") else 0.5
-    if not 0.0 < keep <= 1.0:
-        raise InvalidArgument(f"keep_probability: must be in (0, 1], got {keep}")
-    width = request.kernel_width if request.HasField("kernel_width") else 0.25
-    if not (width > 0 and math.isfinite(width)):
-        raise InvalidArgument(f"kernel_width: must be positive and finite, got {width}")
-    seed = request.seed if request.HasField("seed") else 0
-    if seed < 0:
-        raise InvalidArgument(f"seed: must not be negative, got {seed}")
+    """Check every field of ``request`` that needs no model, and gather the core's options.
+
+    ``max_samples`` is this server's limit on ``num_samples``.
+    """
     if request.labels and request.HasField("top_labels"):
         raise InvalidArgument("labels: give either labels or top_labels, not both")
-    top_labels = request.top_labels if request.HasField("top_labels") else 1
-    if top_labels < 1:
-        raise InvalidArgument(f"top_labels: must be at least 1, got {top_labels}")
     if request.heatmap_format not in pb.HeatmapFormat.values():
         raise InvalidArgument(f"heatmap_format: unknown format {request.heatmap_format}")
-    return ExplainJob(
-        model=request.model or default_model, image=image_from(request.image),
-        masking=masking_name(request.masking), segmentation=segmentation_from(request.segmentation),
-        num_samples=num_samples, keep_probability=keep, kernel_width=width, seed=seed,
-        labels=list(request.labels) or None, top_labels=top_labels, heatmap_format=request.heatmap_format,
-    )
-
-
-def segmentation_for(model: LoadedModel, choice: SegmentationChoice,
-                     image_size: tuple[int, int]) -> tuple[str | np.ndarray, dict[str, Any] | None]:
-    """The core's ``segmentation`` and ``segmentation_params`` for ``choice`` on an image of ``image_size`` (H, W)."""
-    if choice.label_map is None:
-        return choice.method, choice.params
-    labels = choice.label_map
-    if labels.shape == tuple(model.input_size):
-        return labels, None
-    if labels.shape == image_size:
-        return model.preprocessing.crop_label_map(labels), None
-    raise InvalidArgument(f"segmentation.label_map: shape {labels.shape} matches neither the image "
-                          f"{image_size} nor the model's input size {tuple(model.input_size)}")
-
-
-def explain_arguments(job: ExplainJob, model: LoadedModel) -> dict[str, Any]:
-    """Keyword arguments of :func:`layermask.explain` (and ``plan_explanation``) for ``job`` on ``model``."""
-    check_labels(job.labels, job.top_labels, model.num_classes)
-    segmentation, params = segmentation_for(model, job.segmentation, (job.image.height, job.image.width))
-    return dict(masking=job.masking, segmentation=segmentation, segmentation_params=params,
-                num_samples=job.num_samples, keep_probability=job.keep_probability, kernel_width=job.kernel_width,
-                labels=job.labels, top_labels=job.top_labels, seed=job.seed)
-
-
-def check_labels(labels: list[int] | None, top_labels: int, num_classes: int) -> None:
-    if labels is not None:
-        bad = [label for label in labels if not 0 <= label < num_classes]
-        if bad:
-            raise InvalidArgument(f"labels: {bad} out of range for a model with {num_classes} classes")
-        if len(set(labels)) != len(labels):
-            raise InvalidArgument(f"labels: must be distinct, got {labels}")
-    elif top_labels > num_classes:
-        raise InvalidArgument(f"top_labels: must be at most {num_classes}, got {top_labels}")
+    segmentation = segmentation_from(request.segmentation)
+    scalars = {name: getattr(request, name) for name in SCALAR_OPTIONS if request.HasField(name)}
+    try:
+        options = ExplainOptions(masking=masking_name(request.masking), segmentation=segmentation.segmentation,
+                                 segmentation_params=segmentation.params, labels=list(request.labels) or None,
+                                 **scalars)
+    except InvalidOptionError as error:
+        raise option_error(error, segmentation) from None
+    if options.num_samples > max_samples:
+        raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.num_samples}")
+    return ExplainJob(request.model or default_model, image_from(request.image), options, request.heatmap_format,
+                      segmentation)
 
 
 def class_scores(scores: list[ClassScore]) -> list[pb.ClassScore]:
@@ -191,8 +172,11 @@ def segments_message(segments: np.ndarray) -> pb.Segments:
 
 
 def segments_from(message: pb.Segments, field_name: str = "segments",
-                  max_pixels: int = 64 * 1024 * 1024) -> np.ndarray:
-    """Decode :class:`pb.Segments`, never inflating more than the stated ``height × width``."""
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode :class:`pb.Segments`, never inflating more than the stated ``height × width``.
+
+    By default they may be as large as the largest image the service decodes.
+    """
     count = message.height * message.width
     if message.height < 1 or message.width < 1 or count > max_pixels:
         raise InvalidArgument(f"{field_name}: bad size {message.height}×{message.width}")

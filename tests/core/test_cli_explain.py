@@ -51,12 +51,13 @@ def test_client_label_map(coffee_jpeg: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["{missing}"], "image file not found"),
     (["{corrupt}"], "not a PNG, JPEG or WebP image"),
-    (["{photo}", "--samples", "1"], "num_samples must be an integer of at least 2"),
+    (["{photo}", "--samples", "1"], "num_samples: must be an integer of at least 2"),
+    (["{photo}", "--max-segments", "1"], "max_segments: must be an integer of at least 2"),
     (["{photo}", "--segmentation", "slic:n_segments=many"], "slic parameter n_segments must be int"),
     (["{photo}", "--segmentation", "blobs"], "unknown segmentation 'blobs'"),
     (["{photo}", "--masking", "pink"], "invalid choice: 'pink'"),
     (["{photo}", "--model", "resnet50"], "needs a local weights file"),
-    (["{photo}", "--label", "5000"], "out of range"),
+    (["{photo}", "--label", "5000"], "labels: [5000] out of range"),
 ])
 def test_errors_are_one_line_without_traceback(coffee_jpeg: Path, tmp_path: Path, args: list[str],
                                                message: str) -> None:

@@ -119,21 +119,22 @@ def test_progress_counts_up_and_can_cancel(tiny_model: layermask.LoadedModel, sp
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"num_samples": 1}, "num_samples"),
-    ({"keep_probability": 0.0}, "keep_probability"),
-    ({"kernel_width": -1.0}, "kernel_width"),
-    ({"seed": -3}, "seed"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"labels": [3]}, r"labels \[3\] are out of range"),
-    ({"labels": []}, "labels must not be empty"),
-    ({"top_labels": 4}, "top_labels must be between 1 and 3"),
-    ({"masking": "pink"}, "unknown masking strategy"),
-    ({"perturbations": np.ones((10, 5))}, "perturbations must be samples × 16 segments"),
+    ({"num_samples": 1}, "num_samples: must be an integer of at least 2, got 1"),
+    ({"keep_probability": 0.0}, "keep_probability: "),
+    ({"kernel_width": -1.0}, "kernel_width: "),
+    ({"seed": -3}, "seed: "),
+    ({"batch_size": 0}, "batch_size: "),
+    ({"labels": [3]}, r"labels: \[3\] out of range for a model with 3 classes"),
+    ({"labels": []}, "labels: must not be empty"),
+    ({"top_labels": 4}, "top_labels: must be at most 3"),
+    ({"masking": "pink"}, "masking: unknown strategy 'pink'"),
+    ({"perturbations": np.ones((10, 5))}, "perturbations: must be samples × 16 segments"),
 ])
 def test_bad_arguments(tiny_model: layermask.LoadedModel, split_image: np.ndarray, kwargs: dict[str, object],
                        message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{message}") as raised:
         explain(tiny_model, split_image, **{"segmentation": "grid", "num_samples": 20, **kwargs})  # type: ignore[arg-type]
+    assert isinstance(raised.value, layermask.InvalidOptionError) and raised.value.field == next(iter(kwargs))
 
 
 def test_explanation_outputs(tiny_model: layermask.LoadedModel, split_image: np.ndarray, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_export_has_the_promised_interface_and_metadata(default_model: layermask
     assert meta["layermask.model"] == "efficientnet_lite0"
     assert meta["layermask.masking_spec_version"] == MASKING_SPEC_VERSION
     assert json.loads(meta["layermask.class_names"])[967] == "espresso"
-    assert json.loads(meta["layermask.models.preprocessing"]) == {"input_size": [224, 224], "resize_size": 256,
+    assert json.loads(meta["layermask.preprocessing"]) == {"input_size": [224, 224], "resize_size": 256,
                                                            "mean": [0.5] * 3, "std": [0.5] * 3,
                                                            "interpolation": "bicubic"}
 
@@ -83,6 +83,7 @@ def compare(converted: ConvertedNetworks, name: str, runtime: OnnxMaskedModel, c
 
 
 # 64 masks on the default model and ResNet-50, 8 on the others to keep the suite's time in check.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_ARCHITECTURES)
 def test_onnx_runtime_matches_pytorch(name: str, exported: Exported, converted: ConvertedNetworks) -> None:
     count = 64 if name in ("efficientnet_lite0", "resnet50") else 8
@@ -101,6 +102,7 @@ def test_exact_invariance_holds_in_onnx_runtime(name: str, exported: Exported) -
         assert (runtime(images * masks + content * (1 - masks), masks) - reference).abs().max().item() <= 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
 def test_fp16_export_within_the_stated_tolerance(name: str, exported: Exported,
                                                  converted: ConvertedNetworks) -> None:
@@ -117,6 +119,7 @@ def test_unconvertible_model_fails_with_the_engines_error(tmp_path: Path) -> Non
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path: Path) -> None:
     out = tmp_path / "lite0.onnx"
     result = subprocess.run([sys.executable, "-m", "layermask", "export-onnx", "-o", str(out)], capture_output=True,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
 import zlib
 
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 
 import layermask
 from layermask.explanation.scoring import ScoringJob
+from layermask.models.preprocessing import Preprocessing
+from layermask_service.errors import InvalidArgument
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.torchserve.messages import (
     described_model,
@@ -18,7 +23,6 @@ from layermask_service.torchserve.messages import (
     pack_rows,
     scoring_job,
 )
-from layermask_service.translate import InvalidArgument
 
 SIZE = 224
 
@@ -45,10 +49,29 @@ def test_a_round_trip_keeps_the_job(default_model: layermask.LoadedModel) -> Non
     assert np.array_equal(explicit.masks, masks) and explicit.labels is None
 
 
+UNUSUAL = Preprocessing(input_size=(96, 128), resize_size=150, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                        interpolation=TF.InterpolationMode.BICUBIC)
+
+
 def test_the_model_description_round_trips(default_model: layermask.LoadedModel) -> None:
     described = described_model(model_description(default_model))
     assert described.preprocessing == default_model.preprocessing
     assert described.class_names == default_model.class_names and described.network is None
+    unusual = layermask.LoadedModel("unusual", None, UNUSUAL, ["a", "b"])
+    message = model_description(unusual)
+    assert (message.input_height, message.input_width, message.interpolation) == (96, 128, "bicubic")
+    assert described_model(bpb.ModelDescription.FromString(message.SerializeToString())).preprocessing == UNUSUAL
+
+
+def test_preprocessing_round_trips_through_its_dictionary() -> None:
+    for preprocessing in (Preprocessing(), UNUSUAL):
+        assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing
+    good = UNUSUAL.to_dict()
+    for broken, message in [({k: v for k, v in good.items() if k != "std"}, "missing ['std']"),
+                            ({**good, "crop": 0.9}, "unknown ['crop']"), ({**good, "mean": [0.5]}, "three values"),
+                            ({**good, "interpolation": "sharp"}, "'sharp' is not a valid InterpolationMode")]:
+        with pytest.raises(ValueError, match=f"^preprocessing: .*{re.escape(message)}"):
+            Preprocessing.from_dict(broken)
 
 
 def _broken(field: str) -> bpb.MaskedBatchRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -17,6 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skimage import data
 
+import layermask
+from layermask.explanation import scoring
+from layermask.masking.strategies import Masker
 from layermask_service.client import ExplainClient, explain_request
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.settings import Settings
@@ -87,6 +91,39 @@ def test_bad_predict_requests(server: RunningServer, request_: pb.PredictRequest
     with ExplainClient(server.target, timeout=60) as client, pytest.raises(grpc.RpcError) as caught:
         client.predict(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
+
+
+def test_a_failing_computation_is_internal_and_the_server_keeps_serving(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    real_masker: Callable[[str, layermask.LoadedModel], Masker] = scoring.cached_masker
+
+    def masker_with_failing_grey(name: str, model: layermask.LoadedModel) -> Masker:
+        if name != "grey":
+            return real_masker(name, model)
+
+        def fail(images: object, masks: object) -> object:
+            raise ValueError("boom")  # a ValueError, which is not the caller's mistake here
+
+        return fail  # type: ignore[return-value]
+
+    monkeypatch.setattr(scoring, "cached_masker", masker_with_failing_grey)
+    with caplog.at_level(logging.ERROR), ExplainClient(server.target, timeout=60) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.explain(explain_request(CHELSEA, masking="grey", segmentation="grid", num_samples=8))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        found = re.search(r"incident ([0-9a-f]{12})", caught.value.details())
+        assert found and "boom" not in caught.value.details()
+        logged = [r for r in caplog.records if found.group(1) in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+        assert "ValueError: boom" in caplog.text and "Traceback" in caplog.text
+
+        response = client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=8))
+        assert response.num_samples == 8 and response.masking == pb.MASKING_LAYER
+    with grpc.insecure_channel(server.target) as channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    internal = server.scrape().get(("layermask_requests_total", (("code", "INTERNAL"), ("rpc", "Explain"))), 0.0)
+    assert internal >= 1
 
 
 def test_message_size_limit(server: RunningServer) -> None:

@@ -20,7 +20,9 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import layermask
+from layermask.explanation import scoring
 from layermask.explanation.scoring import ScoringJob, score_jobs
+from layermask.masking.strategies import Masker
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.torchserve.archive import ArchiveSettings, model_config
@@ -124,3 +126,51 @@ def test_a_bad_explanation_request_is_refused_alone(handler_and_context: tuple[L
     assert parsed.num_samples == 8 and context.get_response_status(1)[0] == 200
     assert context.get_response_status(2)[0] == 404
     assert context.get_response_status(3)[0] == 400 and "image" in context.get_response_status(3)[1]
+
+
+def test_a_failing_computation_answers_500_with_an_incident_id(
+        handler_and_context: tuple[LayerMaskHandler, Context], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    handler, context = handler_and_context
+    model = handler.model
+    assert model is not None
+    real_masker = scoring.cached_masker
+
+    def masker_with_failing_grey(name: str, loaded: layermask.LoadedModel) -> Masker:
+        if name != "grey":
+            return real_masker(name, loaded)
+
+        def fail(images: object, masks: object) -> object:
+            raise ValueError("boom")
+
+        return fail  # type: ignore[return-value]
+
+    monkeypatch.setattr(scoring, "cached_masker", masker_with_failing_grey)
+    grey = _jobs(model)[1]
+    bad = masked_batch_request(grey)
+    bad.keep.columns = 3
+    explain_body = {"image": base64.b64encode(png_bytes(data.chelsea())).decode(), "masking": "MASKING_GREY",
+                    "segmentation": {"grid": {}}, "num_samples": 8}
+    batch: list[dict[str, object]] = [{"masked_batch": bytearray(masked_batch_request(grey).SerializeToString())},
+                                      {"masked_batch": bytearray(bad.SerializeToString())},
+                                      {"body": explain_body}, {"body": {**explain_body, "kernel_width": -1}}]
+    with caplog.at_level(logging.ERROR):
+        responses = _handle(handler, context, batch, [{}, {}, {"explain": "True"}, {"explain": "True"}])
+
+    failed = bpb.MaskedBatchResponse.FromString(responses[0])  # type: ignore[arg-type]
+    refused = bpb.MaskedBatchResponse.FromString(responses[1])  # type: ignore[arg-type]
+    assert failed.error.status == 500 and context.get_response_status(0)[0] == 500
+    assert refused.error.status == 400 and refused.error.message.startswith("keep: ")
+    explained = json.loads(responses[2])  # type: ignore[arg-type]
+    assert explained["code"] == 500 and context.get_response_status(2) == (500, explained["message"])
+    assert json.loads(responses[3])["message"].startswith("kernel_width: ")  # type: ignore[arg-type]
+    assert context.get_response_status(3)[0] == 400
+    for message in (failed.error.message, explained["message"]):
+        incident = re.search(r"incident ([0-9a-f]{12})", message)
+        assert incident and "boom" not in message
+        logged = [r for r in caplog.records if incident.group(1) in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None and "ValueError: boom" in caplog.text
+
+    layer = _jobs(model)[0]  # the handler goes on serving
+    ok = _handle(handler, context, [{"masked_batch": bytearray(masked_batch_request(layer).SerializeToString())}], [{}])
+    assert not bpb.MaskedBatchResponse.FromString(ok[0]).HasField("error")  # type: ignore[arg-type]
