@@ -24,7 +24,7 @@ run: $(INSTALLED)
 	$(BIN)/layermask serve
 
 # The same service with its masked batches run by TorchServe (gRPC 127.0.0.1:7070, REST 8080,
-# management 8081, metrics 8082; model_store/config.properties), both stopped by Ctrl-C.
+# management 8081, metrics 8082; the package's config.properties), both stopped by Ctrl-C.
 run-torchserve: $(INSTALLED) java
 	$(BIN)/layermask archive --model efficientnet_lite0 -o model_store
 	$(BIN)/layermask serve --start-torchserve model_store

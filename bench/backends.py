@@ -1,10 +1,13 @@
 """The same 1,000-sample explanation through the TorchServe backend and the embedded backend, interleaved.
 
-Two services run in this process on loopback: one with the embedded backend, one with the
-TorchServe backend wired to a local TorchServe (started here from a freshly built archive, on free
-ports, with the archive's default batching). Each repetition times one ``Explain`` call on each,
-same request and seed, so both share the machine's state; the weights must agree within 1e-5.
-Prints the medians and their ratio.
+Three services run in this process on loopback: one with the embedded backend, and two with the
+TorchServe backend wired to one local TorchServe (started here from a freshly built archive, on
+free ports, with the archive's default batching): ``torchserve`` sends each explanation's image and
+segments once and then their digest (the default), ``torchserve-full`` sends them with every batch
+(``torchserve_send_context_once = false``, as before the digest cache). Each repetition times one
+``Explain`` call on each, same request and seed, so all share the machine's state; the weights
+must agree within 1e-5. Prints the medians, the time ratios and the request bytes per explanation
+sent to TorchServe (``layermask_backend_request_bytes_total``).
 
     .venv/bin/python bench/backends.py [--repeats 3] [--samples 1000]
 """
@@ -47,14 +50,16 @@ def main() -> None:
     request = explain_request(buffer.getvalue(), num_samples=args.samples, seed=0)
     warm_up = explain_request(buffer.getvalue(), num_samples=16)
     loopback = Settings(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0)
-    timings: dict[str, list[float]] = {"embedded": [], "torchserve": []}
+    timings: dict[str, list[float]] = {"embedded": [], "torchserve": [], "torchserve-full": []}
+    sent: dict[str, list[float]] = {"torchserve": [], "torchserve-full": []}
     with tempfile.TemporaryDirectory() as store:
         settings = ArchiveSettings()
         build_archive(MODEL, store, settings=settings)
         with TorchServeProcess(store, [MODEL], free_ports=True) as torchserve:
-            servers = {"embedded": BackgroundServer(loopback),
-                       "torchserve": BackgroundServer(dataclasses.replace(
-                           loopback, backend="torchserve", torchserve_target=torchserve.grpc_target))}
+            remote = dataclasses.replace(loopback, backend="torchserve", torchserve_target=torchserve.grpc_target)
+            servers = {"embedded": BackgroundServer(loopback), "torchserve": BackgroundServer(remote),
+                       "torchserve-full": BackgroundServer(dataclasses.replace(remote,
+                                                                               torchserve_send_context_once=False))}
             try:
                 clients = {name: ExplainClient(server.target, timeout=900) for name, server in servers.items()}
                 for client in clients.values():
@@ -62,24 +67,33 @@ def main() -> None:
                 for _ in range(args.repeats):
                     weights = {}
                     for name, client in clients.items():
+                        before = _request_bytes(servers[name])
                         start = time.perf_counter()
                         response = client.explain(request)
                         timings[name].append(time.perf_counter() - start)
+                        if name in sent:
+                            sent[name].append(_request_bytes(servers[name]) - before)
                         weights[name] = np.array(response.explanations[0].weights)
-                    assert np.abs(weights["embedded"] - weights["torchserve"]).max() <= 1e-5
+                    for name in sent:
+                        assert np.abs(weights["embedded"] - weights[name]).max() <= 1e-5
                 for client in clients.values():
                     client.close()
             finally:
                 for server in servers.values():
                     server.stop()
-    embedded, remote = statistics.median(timings["embedded"]), statistics.median(timings["torchserve"])
+    median = {name: statistics.median(values) for name, values in timings.items()}
     print(f"{args.samples} samples, quickshift, layer masking, {MODEL}, median of {args.repeats}; TorchServe "
           f"batchSize {settings.batch_size}, maxBatchDelay {settings.max_batch_delay_ms} ms, 1 worker")
-    print("| backend | time (s) |\n|---|---|")
-    print(f"| embedded | {embedded:.2f} |\n| TorchServe | {remote:.2f} |")
-    print(f"\nratio TorchServe / embedded: {remote / embedded:.3f}")
+    print("| backend | time (s) | / embedded | request bytes to TorchServe per explanation |\n|---|---|---|---|")
+    for name, seconds in median.items():
+        sent_bytes = f"{statistics.median(sent[name]):,.0f}" if name in sent else "–"
+        print(f"| {name} | {seconds:.2f} | {seconds / median['embedded']:.3f} | {sent_bytes} |")
     print("all runs:", {k: [round(v, 2) for v in vs] for k, vs in timings.items()})
 
+
+def _request_bytes(server: BackgroundServer) -> float:
+    value = server.server.metrics.registry.get_sample_value("layermask_backend_request_bytes_total", {"model": MODEL})
+    return value or 0.0
 
 if __name__ == "__main__":
     main()

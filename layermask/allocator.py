@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+__all__ = ["keep_freed_memory"]
+
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

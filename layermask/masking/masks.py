@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["random_patch_masks"]
+
 
 def random_patch_masks(
     batch: int, size: tuple[int, int], patch: int = 16, hidden_fraction: float = 0.5, seed: int = 0

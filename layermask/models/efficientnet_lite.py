@@ -9,6 +9,8 @@ import torchvision.transforms.functional as TF
 from layermask.models.preprocessing import Preprocessing
 from layermask.models.registry import LoadedModel, load_weights, register_model
 
+__all__: list[str] = []  # registers the builder; nothing to import from here
+
 
 @register_model("efficientnet_lite0")
 def _efficientnet_lite0(weights: str | os.PathLike[str] | None) -> LoadedModel:

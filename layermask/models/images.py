@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+__all__ = ["ALLOWED_FORMATS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "decode_image", "load_image"]
+
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["check_images_and_masks"]
+
 
 def check_images_and_masks(images: torch.Tensor, masks: torch.Tensor, channels: int | None = None) -> None:
     """Raise ``ValueError`` naming the problem if ``images``/``masks`` are not a valid masked batch.

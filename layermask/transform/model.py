@@ -8,6 +8,8 @@ from torch import nn
 
 from layermask.transform.inputs import check_images_and_masks
 
+__all__ = ["LayerMaskedModel"]
+
 
 class LayerMaskedModel(nn.Module):
     """A layer-masked classifier: ``forward(images, masks)`` returns logits.

@@ -33,6 +33,9 @@ class Metrics:
                                          buckets=BATCH_BUCKETS, registry=r)
         self.perturbations = prom.Counter("layermask_perturbations", "Masked samples evaluated.", ["model"],
                                           registry=r)
+        self.backend_bytes = prom.Counter("layermask_backend_request_bytes",
+                                          "Bytes of masked-batch requests sent to a remote backend (TorchServe).",
+                                          ["model"], registry=r)
         self.model_load = prom.Gauge("layermask_model_load_seconds", "Time taken to load each model.",
                                      ["model", "format", "provider"], registry=r)
         self.build = prom.Info("layermask_build", "Versions this server runs.", registry=r)

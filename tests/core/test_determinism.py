@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from skimage import data
 
 import layermask
@@ -26,6 +27,7 @@ def weights_as_hex(explanation: object) -> dict[str, list[str]]:
     return {str(k): [float(w).hex() for w in v.weights] for k, v in explanation.explanations.items()}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_bit_identical_within_and_across_processes(default_model: layermask.LoadedModel) -> None:
     def run(seed: int) -> dict[str, list[str]]:
         return weights_as_hex(explain(default_model, data.coffee(), segmentation="slic", num_samples=64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from lime import lime_image
 from skimage import data
@@ -14,6 +15,7 @@ from layermask.explanation.segmentation import segment
 SAMPLES = 300
 
 
+@pytest.mark.slow
 def test_grey_masking_agrees_with_lime(default_model: layermask.LoadedModel) -> None:
     crop = np.asarray(default_model.preprocessing.crop(data.chelsea()))
     segments = segment(crop, "quickshift")

@@ -53,6 +53,7 @@ def test_stop_reports_not_serving_for_good_while_calls_drain() -> None:
             assert statuses.empty(), "health left NOT_SERVING during the drain"
             assert not stopping.done(), "the server stopped before its in-flight call ended"
             running.cancel()
+            watch.cancel()  # an open Watch stream is an in-flight call too: the drain would wait for it
             stopping.result(120)
     finally:
         if stopping is None or not stopping.done():

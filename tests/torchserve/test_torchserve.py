@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -33,33 +32,13 @@ from layermask_service.client import ExplainClient, explain_request
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.settings import Settings
-from layermask_service.torchserve.archive import ArchiveSettings, build_archive
 from layermask_service.torchserve.backend import TorchServeBackend
 from layermask_service.torchserve.process import TorchServeProcess, free_port
 from tests.helpers.service import LOOPBACK, RunningServer, png_bytes, wait_for
+from tests.helpers.torchserve import MODEL
 
-MODEL = "efficientnet_lite0"
 CHELSEA = png_bytes(data.chelsea())
 COFFEE = png_bytes(data.coffee())
-# 50 ms lets concurrent requests meet in one TorchServe batch; 64 rows hold 8 service batches.
-ARCHIVE = ArchiveSettings(batch_size=8, max_batch_delay_ms=50, max_rows_per_forward=64)
-
-
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("model_store")
-    build_archive(MODEL, store, settings=ARCHIVE)
-    return store
-
-
-@pytest.fixture(scope="module")
-def torchserve(model_store: Path) -> Iterator[TorchServeProcess]:
-    process = TorchServeProcess(model_store, [MODEL], free_ports=True)
-    try:
-        process.start()
-        yield process
-    finally:
-        process.close()
 
 
 def _service(torchserve: TorchServeProcess, **overrides: object) -> RunningServer:
@@ -234,6 +213,7 @@ def test_unreachable_torchserve_is_unavailable_with_a_clear_message() -> None:
         server.stop()
 
 
+@pytest.mark.slow
 def test_killing_torchserve_mid_run_gives_unavailable_then_the_service_recovers(model_store: Path) -> None:
     process = TorchServeProcess(model_store, [MODEL], free_ports=True)
     server = None

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from layermask_service.proto import explain_pb2 as layermask_dot_v1_dot_explain__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayermask/v1/backend.proto\x12\x0clayermask.v1\x1a\x1alayermask/v1/explain.proto\"Z\n\x11PreprocessedImage\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x14\n\x0c\x66loat32_data\x18\x04 \x01(\x0c\"9\n\nPackedRows\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"\xa8\x02\n\x12MaskedBatchRequest\x12\x17\n\rencoded_image\x18\x01 \x01(\x0cH\x00\x12=\n\x12preprocessed_image\x18\x02 \x01(\x0b\x32\x1f.layermask.v1.PreprocessedImageH\x00\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12(\n\x08segments\x18\x04 \x01(\x0b\x32\x16.layermask.v1.Segments\x12&\n\x04keep\x18\x05 \x01(\x0b\x32\x18.layermask.v1.PackedRows\x12\'\n\x05masks\x18\x06 \x01(\x0b\x32\x18.layermask.v1.PackedRows\x12\x0e\n\x06labels\x18\x07 \x03(\x05\x42\x07\n\x05image\"/\n\x0cHandlerError\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"u\n\x13MaskedBatchResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\x05\x12\x15\n\rprobabilities\x18\x03 \x01(\x0c\x12)\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.layermask.v1.HandlerError\"\x12\n\x10ModelInfoRequest\"\xe2\x01\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x13\n\x0bresize_size\x18\x05 \x01(\x05\x12\x0c\n\x04mean\x18\x06 \x03(\x01\x12\x0b\n\x03std\x18\x07 \x03(\x01\x12\x15\n\rinterpolation\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12)\n\nstrategies\x18\n \x03(\x0e\x32\x15.layermask.v1.Maskingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayermask/v1/backend.proto\x12\x0clayermask.v1\x1a\x1alayermask/v1/explain.proto\"Z\n\x11PreprocessedImage\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x14\n\x0c\x66loat32_data\x18\x04 \x01(\x0c\"9\n\nPackedRows\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"\xc0\x02\n\x12MaskedBatchRequest\x12\x17\n\rencoded_image\x18\x01 \x01(\x0cH\x00\x12=\n\x12preprocessed_image\x18\x02 \x01(\x0b\x32\x1f.layermask.v1.PreprocessedImageH\x00\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12(\n\x08segments\x18\x04 \x01(\x0b\x32\x16.layermask.v1.Segments\x12&\n\x04keep\x18\x05 \x01(\x0b\x32\x18.layermask.v1.PackedRows\x12\'\n\x05masks\x18\x06 \x01(\x0b\x32\x18.layermask.v1.PackedRows\x12\x0e\n\x06labels\x18\x07 \x03(\x05\x12\x16\n\x0e\x63ontext_digest\x18\x08 \x01(\tB\x07\n\x05image\"/\n\x0cHandlerError\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"u\n\x13MaskedBatchResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\x05\x12\x15\n\rprobabilities\x18\x03 \x01(\x0c\x12)\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.layermask.v1.HandlerError\"\x12\n\x10ModelInfoRequest\"\xe2\x01\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0cinput_height\x18\x03 \x01(\x05\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x13\n\x0bresize_size\x18\x05 \x01(\x05\x12\x0c\n\x04mean\x18\x06 \x03(\x01\x12\x0b\n\x03std\x18\x07 \x03(\x01\x12\x15\n\rinterpolation\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12)\n\nstrategies\x18\n \x03(\x0e\x32\x15.layermask.v1.Maskingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PACKEDROWS']._serialized_start=164
   _globals['_PACKEDROWS']._serialized_end=221
   _globals['_MASKEDBATCHREQUEST']._serialized_start=224
-  _globals['_MASKEDBATCHREQUEST']._serialized_end=520
-  _globals['_HANDLERERROR']._serialized_start=522
-  _globals['_HANDLERERROR']._serialized_end=569
-  _globals['_MASKEDBATCHRESPONSE']._serialized_start=571
-  _globals['_MASKEDBATCHRESPONSE']._serialized_end=688
-  _globals['_MODELINFOREQUEST']._serialized_start=690
-  _globals['_MODELINFOREQUEST']._serialized_end=708
-  _globals['_MODELDESCRIPTION']._serialized_start=711
-  _globals['_MODELDESCRIPTION']._serialized_end=937
+  _globals['_MASKEDBATCHREQUEST']._serialized_end=544
+  _globals['_HANDLERERROR']._serialized_start=546
+  _globals['_HANDLERERROR']._serialized_end=593
+  _globals['_MASKEDBATCHRESPONSE']._serialized_start=595
+  _globals['_MASKEDBATCHRESPONSE']._serialized_end=712
+  _globals['_MODELINFOREQUEST']._serialized_start=714
+  _globals['_MODELINFOREQUEST']._serialized_end=732
+  _globals['_MODELDESCRIPTION']._serialized_start=735
+  _globals['_MODELDESCRIPTION']._serialized_end=961
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ class PackedRows(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., bits: _Optional[bytes] = ...) -> None: ...
 
 class MaskedBatchRequest(_message.Message):
-    __slots__ = ("encoded_image", "preprocessed_image", "masking", "segments", "keep", "masks", "labels")
+    __slots__ = ("encoded_image", "preprocessed_image", "masking", "segments", "keep", "masks", "labels", "context_digest")
     ENCODED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASKING_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class MaskedBatchRequest(_message.Message):
     KEEP_FIELD_NUMBER: _ClassVar[int]
     MASKS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     encoded_image: bytes
     preprocessed_image: PreprocessedImage
     masking: _explain_pb2.Masking
@@ -45,7 +46,8 @@ class MaskedBatchRequest(_message.Message):
     keep: PackedRows
     masks: PackedRows
     labels: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, encoded_image: _Optional[bytes] = ..., preprocessed_image: _Optional[_Union[PreprocessedImage, _Mapping]] = ..., masking: _Optional[_Union[_explain_pb2.Masking, str]] = ..., segments: _Optional[_Union[_explain_pb2.Segments, _Mapping]] = ..., keep: _Optional[_Union[PackedRows, _Mapping]] = ..., masks: _Optional[_Union[PackedRows, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
+    context_digest: str
+    def __init__(self, encoded_image: _Optional[bytes] = ..., preprocessed_image: _Optional[_Union[PreprocessedImage, _Mapping]] = ..., masking: _Optional[_Union[_explain_pb2.Masking, str]] = ..., segments: _Optional[_Union[_explain_pb2.Segments, _Mapping]] = ..., keep: _Optional[_Union[PackedRows, _Mapping]] = ..., masks: _Optional[_Union[PackedRows, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., context_digest: _Optional[str] = ...) -> None: ...
 
 class HandlerError(_message.Message):
     __slots__ = ("status", "message")

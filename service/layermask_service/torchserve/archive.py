@@ -19,6 +19,7 @@ import yaml
 
 from layermask.models.registry import load_model
 from layermask.onnx.export import export_onnx
+from layermask_service.torchserve.context_cache import DEFAULT_CACHE_ENTRIES
 from layermask_service.torchserve.process import console_script
 from layermask_service.torchserve.resources import HANDLER, copy_resource
 
@@ -31,7 +32,8 @@ class ArchiveSettings:
 
     ``batch_size`` requests are gathered for up to ``max_batch_delay_ms``; the handler then runs
     their rows in passes of at most ``max_rows_per_forward``. ``response_timeout_s`` must cover a
-    whole explanation on TorchServe's REST API.
+    whole explanation on TorchServe's REST API. Each worker keeps the images and segments of the
+    last ``context_cache_entries`` explanations, so their batches can name them by digest.
     """
 
     batch_size: int = 8
@@ -39,10 +41,11 @@ class ArchiveSettings:
     workers: int = 1
     response_timeout_s: int = 600
     max_rows_per_forward: int = 64
+    context_cache_entries: int = DEFAULT_CACHE_ENTRIES
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if value < (0 if name == "max_batch_delay_ms" else 1):
+            if value < (0 if name in ("max_batch_delay_ms", "context_cache_entries") else 1):
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
 
 
@@ -50,7 +53,8 @@ def model_config(model: str, fmt: str, settings: ArchiveSettings) -> dict[str, o
     return {
         "minWorkers": settings.workers, "maxWorkers": settings.workers, "batchSize": settings.batch_size,
         "maxBatchDelay": settings.max_batch_delay_ms, "responseTimeout": settings.response_timeout_s,
-        "layermask": {"model": model, "format": fmt, "max_rows_per_forward": settings.max_rows_per_forward},
+        "layermask": {"model": model, "format": fmt, "max_rows_per_forward": settings.max_rows_per_forward,
+                      "context_cache_entries": settings.context_cache_entries},
     }
 
 

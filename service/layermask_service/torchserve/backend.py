@@ -18,15 +18,22 @@ from google.protobuf import empty_pb2
 
 from layermask.explanation.scoring import Scorer, ScoringJob
 from layermask.models.registry import LoadedModel
-from layermask_service.backend import Backend, BackendUnavailable
+from layermask_service.backend import Backend
+from layermask_service.errors import BackendFailed, BackendUnavailable
 from layermask_service.metrics import Metrics
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.proto import inference_pb2 as ts
 from layermask_service.proto import inference_pb2_grpc as ts_grpc
 from layermask_service.settings import Settings
-from layermask_service.torchserve.messages import described_model, masked_batch_request, probabilities_from
+from layermask_service.torchserve.context_cache import UNKNOWN_DIGEST_STATUS
+from layermask_service.torchserve.messages import (
+    described_model,
+    digest_only_request,
+    masked_batch_request,
+    probabilities_from,
+    with_context_digest,
+)
 from layermask_service.torchserve.process import is_healthy
-from layermask_service.translate import InvalidArgument
 
 log = logging.getLogger("layermask.torchserve")
 PING_TIMEOUT_SECONDS = 2.0
@@ -51,7 +58,7 @@ class TorchServeBackend(Backend):
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(f"TorchServe refused the request: {details}") from None
+                raise BackendFailed(f"TorchServe refused the request: {details}") from None
             raise BackendUnavailable(f"TorchServe at {self.target} failed for model {model!r}: "
                                      f"{code.name}: {details}") from None
 
@@ -90,21 +97,43 @@ class TorchServeBackend(Backend):
         return is_healthy(response.health)
 
     def scorer(self, model: LoadedModel) -> Scorer:
+        """A scorer for one explanation or prediction, each batch one ``Predictions`` call.
+
+        With ``torchserve_send_context_once`` the image and segments go with the first batch and
+        its digest; later batches of the same image and segments carry the digest alone, and are
+        repeated in full if the handler no longer holds it.
+        """
+        sent: list[tuple[object, object, str]] = []  # (image, segments, digest) the handler was sent
+
+        def send(request: bpb.MaskedBatchRequest) -> bpb.MaskedBatchResponse:
+            payload = request.SerializeToString()
+            self.metrics.backend_bytes.labels(model.name).inc(len(payload))
+            return bpb.MaskedBatchResponse.FromString(
+                self._predictions(model.name, "masked_batch", payload, self.settings.torchserve_timeout))
+
         def score(job: ScoringJob) -> np.ndarray:
-            request = masked_batch_request(job)
-            payload = self._predictions(model.name, "masked_batch", request.SerializeToString(),
-                                        self.settings.torchserve_timeout)
-            response = bpb.MaskedBatchResponse.FromString(payload)
-            if response.HasField("error"):
-                message = f"TorchServe's handler refused the batch ({response.error.status}): {response.error.message}"
-                raise InvalidArgument(message) if response.error.status == 400 else BackendUnavailable(message)
-            columns = model.num_classes if job.labels is None else len(job.labels)
-            try:
-                return probabilities_from(response, job.num_rows, columns)
-            except ValueError as error:
-                raise BackendUnavailable(f"TorchServe at {self.target} answered wrongly: {error}") from None
+            known = [digest for image, segments, digest in sent if image is job.image and segments is job.segments]
+            response = send(digest_only_request(job, known[0])) if known else None
+            if response is None or (response.HasField("error") and response.error.status == UNKNOWN_DIGEST_STATUS):
+                request = masked_batch_request(job)
+                if self.settings.torchserve_send_context_once and job.rows is not None:
+                    with_context_digest(request)
+                response = send(request)
+                if request.context_digest and not response.HasField("error"):
+                    sent[:] = [(job.image, job.segments, request.context_digest)]
+            return self._probabilities(model, job, response)
 
         return score
+
+    def _probabilities(self, model: LoadedModel, job: ScoringJob, response: bpb.MaskedBatchResponse) -> np.ndarray:
+        if response.HasField("error"):
+            message = f"TorchServe's handler refused the batch ({response.error.status}): {response.error.message}"
+            raise BackendFailed(message)  # this service built the batch: neither a 400 nor a 500 is the caller's
+        columns = model.num_classes if job.labels is None else len(job.labels)
+        try:
+            return probabilities_from(response, job.num_rows, columns)
+        except ValueError as error:
+            raise BackendUnavailable(f"TorchServe at {self.target} answered wrongly: {error}") from None
 
     def close(self) -> None:
         self._closed = True

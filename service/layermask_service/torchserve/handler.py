@@ -13,7 +13,9 @@ requests share forward passes of at most ``max_rows_per_forward`` rows:
 - a bare image on ``/predictions``: its top five classes as JSON.
 
 A bad request gets its own 4xx status and a JSON error naming the field; the rest of the batch
-is unaffected. All logic lives in ``layermask`` and ``layermask_service``; this only translates.
+is unaffected. A failure of the computation (a bug) gets status 500 with an incident id, which the
+log holds with the traceback. All logic lives in ``layermask`` and ``layermask_service``; this only
+translates.
 """
 
 from __future__ import annotations
@@ -28,19 +30,30 @@ from typing import Any
 import numpy as np
 import torch
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from ts.metrics.metric_type_enum import MetricTypes
 
 from layermask.allocator import keep_freed_memory
+from layermask.devices import torchserve_device
+from layermask.errors import InvalidOptionError
 from layermask.explanation.lime import ExplanationPlan, explain_many, plan_explanation
 from layermask.explanation.result import Explanation
 from layermask.explanation.scoring import ScoringJob, score_jobs
 from layermask.masking.strategies import cached_masker
 from layermask.models.registry import LoadedModel, load_model
-from layermask.onnx.runtime import load_onnx_model
+from layermask.onnx.runtime import PREFERRED_PROVIDERS, load_onnx_model
+from layermask_service.errors import InvalidArgument, report_internal_error
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.proto import explain_pb2 as pb
+from layermask_service.settings import MAX_SAMPLES
+from layermask_service.torchserve.context_cache import (
+    DEFAULT_CACHE_ENTRIES,
+    UNKNOWN_DIGEST_STATUS,
+    ContextCache,
+    UnknownContext,
+)
 from layermask_service.torchserve.messages import masked_batch_response, model_description, scoring_job
-from layermask_service.translate import InvalidArgument, explain_arguments, explain_job, explain_response, image_from
+from layermask_service.translate import explain_job, explain_response, image_from
 
 log = logging.getLogger(__name__)
 TOP_PREDICTIONS = 5
@@ -72,7 +85,8 @@ class LayerMaskHandler:
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
         self.max_rows = 64
-        self.max_samples = 20_000
+        self.max_samples = MAX_SAMPLES
+        self.contexts = ContextCache()  # images and segments of recent explanations, by digest
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -82,21 +96,26 @@ class LayerMaskHandler:
             raise ValueError("model-config.yaml has no layermask.model; build the archive with `layermask archive`")
         serialized = (context.manifest or {}).get("model", {}).get("serializedFile")
         weights = Path(context.system_properties["model_dir"]) / serialized if serialized else None
+        # The GPU TorchServe assigned this worker, if any. Unmeasured: no GPU TorchServe has run this;
+        # the device and provider options chosen from it are tested by inspection.
+        gpu_id = context.system_properties.get("gpu_id")
         if settings.get("format", "torch") == "onnx":
             if weights is None:
                 raise ValueError("an ONNX archive needs its .onnx file as the serialized file")
-            providers = settings.get("onnx_providers")
-            self.model = load_onnx_model(weights, *([tuple(providers)] if providers else []))
+            providers = tuple(settings.get("onnx_providers") or PREFERRED_PROVIDERS)
+            self.model = load_onnx_model(weights, providers, device_id=gpu_id)
         else:
-            self.model = load_model(settings["model"], weights)
+            device = torchserve_device(gpu_id, torch.cuda.is_available())
+            self.model = load_model(settings["model"], weights).to(device)
         cached_masker("layer", self.model)  # convert once, at load
         self.max_rows = int(settings.get("max_rows_per_forward", self.max_rows))
         self.max_samples = int(settings.get("max_samples", self.max_samples))
+        self.contexts = ContextCache(int(settings.get("context_cache_entries", DEFAULT_CACHE_ENTRIES)))
         if settings.get("torch_threads"):
             torch.set_num_threads(int(settings["torch_threads"]))
         self.initialized = True
-        log.info("layermask model %s (%s) ready; up to %d rows per forward", self.model.name, self.model.format,
-                 self.max_rows)
+        log.info("layermask model %s (%s, %s) ready; up to %d rows per forward", self.model.name, self.model.format,
+                 getattr(self.model.masked_runtime, "provider", self.model.device), self.max_rows)
 
     # -------------------------------------------------------------- requests
     def _read(self, index: int, item: dict[str, Any], context: Any) -> LayerMaskHandler.Request:
@@ -104,7 +123,7 @@ class LayerMaskHandler:
         try:
             if "masked_batch" in item:
                 request = bpb.MaskedBatchRequest.FromString(bytes(item["masked_batch"]))
-                return self.Scoring(scoring_job(request, self.model), predict=False)
+                return self.Scoring(scoring_job(request, self.model, self.contexts), predict=False)
             if "model_info" in item:
                 return model_description(self.model).SerializeToString()
             payload = item.get("body", item.get("data"))
@@ -118,8 +137,12 @@ class LayerMaskHandler:
             return self.Scoring(ScoringJob(image, "layer", masks=masks), predict=True)
         except InvalidArgument as error:
             return self.Failure(400, str(error))
-        except Exception as error:  # a protobuf decode error, a corrupt field
-            return self.Failure(400, f"{type(error).__name__}: {error}")
+        except UnknownContext as error:
+            return self.Failure(UNKNOWN_DIGEST_STATUS, str(error))
+        except (DecodeError, json_format.ParseError) as error:  # not the message it claims to be
+            return self.Failure(400, f"{'masked_batch' if 'masked_batch' in item else 'body'}: {error}")
+        except Exception:
+            return self.Failure(500, report_internal_error(log, "reading a request"))
 
     def _plan(self, payload: Any) -> LayerMaskHandler.Request:
         assert self.model is not None
@@ -134,11 +157,9 @@ class LayerMaskHandler:
             return self.Failure(404, f"model: this handler serves {self.model.name!r}, not {request.model!r}")
         job = explain_job(request, self.model.name, self.max_samples)
         try:
-            plan = plan_explanation(self.model, job.image, **explain_arguments(job, self.model))
-        except InvalidArgument:
-            raise
-        except ValueError as error:
-            raise InvalidArgument(str(error)) from None
+            plan = plan_explanation(self.model, job.image, job.options)
+        except InvalidOptionError as error:
+            raise job.request_error(error) from None
         return self.Explaining(plan, job.heatmap_format, time.perf_counter() - started)
 
     # --------------------------------------------------------------- batches
@@ -151,27 +172,40 @@ class LayerMaskHandler:
         def record_forward(rows: int) -> None:
             self._metric(context, "RowsPerForward", rows)
 
+        # The requests of each kind share forward passes, so a failure fails them all.
         scoring = [(i, r) for i, r in enumerate(requests) if isinstance(r, LayerMaskHandler.Scoring)]
-        results = score_jobs(self.model, [r.job for _, r in scoring], self.max_rows, record_forward)
-        for (i, scored), probabilities in zip(scoring, results):
-            responses[i] = self._predictions(probabilities[0]) if scored.predict else \
-                masked_batch_response(probabilities, scored.job.labels).SerializeToString()
+        try:
+            results = score_jobs(self.model, [r.job for _, r in scoring], self.max_rows, record_forward)
+            for (i, scored), probabilities in zip(scoring, results):
+                responses[i] = self._predictions(probabilities[0]) if scored.predict else \
+                    masked_batch_response(probabilities, scored.job.labels).SerializeToString()
+        except Exception:
+            self._fail(requests, [i for i, _ in scoring], "scoring masked batches")
 
         planned = [(i, r) for i, r in enumerate(requests) if isinstance(r, LayerMaskHandler.Explaining)]
-        explanations: list[Explanation] = explain_many(self.model, [r.plan for _, r in planned], self.max_rows,
-                                                       record_forward)
-        for (i, explained), explanation in zip(planned, explanations):
-            message = explain_response(explanation, explained.heatmap_format, explained.decode_seconds)
-            responses[i] = json_format.MessageToJson(message, preserving_proto_field_name=True)
+        try:
+            explanations: list[Explanation] = explain_many(self.model, [r.plan for _, r in planned], self.max_rows,
+                                                           record_forward)
+            for (i, explained), explanation in zip(planned, explanations):
+                message = explain_response(explanation, explained.heatmap_format, explained.decode_seconds)
+                responses[i] = json_format.MessageToJson(message, preserving_proto_field_name=True)
+        except Exception:
+            self._fail(requests, [i for i, _ in planned], "computing explanations")
 
         for i, (item, request) in enumerate(zip(data, requests)):
             if isinstance(request, LayerMaskHandler.Failure):
-                context.set_response_status(request.status, request.message, i)  # seen by REST clients only
+                context.set_response_status(request.status, _status_phrase(request.message), i)  # REST only
                 error = bpb.HandlerError(status=request.status, message=request.message)
                 responses[i] = bpb.MaskedBatchResponse(error=error).SerializeToString() if "masked_batch" in item \
                     else json.dumps({"code": request.status, "message": request.message})
         self._metric(context, "HandlerLatency", time.perf_counter() - started)
         return responses
+
+    def _fail(self, requests: list[LayerMaskHandler.Request], indices: list[int], during: str) -> None:
+        """Answer ``requests[indices]`` with status 500 and one incident id, logged with the exception being handled."""
+        failure = self.Failure(500, report_internal_error(log, during))
+        for i in indices:
+            requests[i] = failure
 
     def _predictions(self, probabilities: np.ndarray) -> str:
         assert self.model is not None
@@ -183,3 +217,15 @@ class LayerMaskHandler:
         """Add to a histogram declared in the metrics config (model_store/metrics.yaml)."""
         metric = context.metrics.get_metric(name, MetricTypes.HISTOGRAM)
         metric.add_or_update(value, dimension_values=[context.model_name, "Model"])
+
+
+_ASCII_SPELLINGS = str.maketrans({"×": "x", "…": "...", "²": "^2", "—": "-", "–": "-"})
+
+
+def _status_phrase(message: str) -> str:
+    """``message`` in ASCII for TorchServe's HTTP status phrase.
+
+    TorchServe 0.12's worker frames the phrase with its length in characters but sends its UTF-8
+    bytes, so one non-ASCII character corrupts the frame and the frontend drops the worker.
+    """
+    return message.translate(_ASCII_SPELLINGS).encode("ascii", "replace").decode("ascii")

@@ -8,25 +8,20 @@ preprocessing and class names.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from layermask.explanation.scoring import ScoringJob
 from layermask.masking.names import MASKING_STRATEGIES
 from layermask.models.preprocessing import Preprocessing
 from layermask.models.registry import LoadedModel
+from layermask_service.errors import InvalidArgument
 from layermask_service.proto import backend_pb2 as bpb
-from layermask_service.translate import (
-    MASKING_ENUMS,
-    InvalidArgument,
-    image_from,
-    masking_name,
-    segments_from,
-    segments_message,
-)
+from layermask_service.torchserve.context_cache import ContextCache, ExplanationContext, UnknownContext, context_digest
+from layermask_service.translate import MASKING_ENUMS, image_from, masking_name, segments_from, segments_message
 
 MAX_ROWS = 4096  # per masked-batch request (the service sends batch_size rows at a time)
 
@@ -66,6 +61,19 @@ def masked_batch_request(job: ScoringJob) -> bpb.MaskedBatchRequest:
     return request
 
 
+def with_context_digest(request: bpb.MaskedBatchRequest) -> bpb.MaskedBatchRequest:
+    """Mark a full keep-rows ``request`` with the digest of its image and segments (see ``context_cache``)."""
+    request.context_digest = context_digest(request.preprocessed_image.float32_data, request.segments.zlib_uint16)
+    return request
+
+
+def digest_only_request(job: ScoringJob, digest: str) -> bpb.MaskedBatchRequest:
+    """``job``'s keep rows and labels, naming its image and segments by the ``digest`` sent before."""
+    assert job.rows is not None, "only keep-row jobs share an image and segments between requests"
+    return bpb.MaskedBatchRequest(masking=MASKING_ENUMS[job.masking], keep=pack_rows(job.rows),
+                                  labels=job.labels or (), context_digest=digest)
+
+
 def _image(request: bpb.MaskedBatchRequest, model: LoadedModel) -> torch.Tensor:
     height, width = model.input_size
     if request.WhichOneof("image") == "encoded_image":
@@ -85,24 +93,54 @@ def _image(request: bpb.MaskedBatchRequest, model: LoadedModel) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float32))
 
 
-def scoring_job(request: bpb.MaskedBatchRequest, model: LoadedModel) -> ScoringJob:
-    """Decode and check ``request`` for ``model`` (handler side); ``InvalidArgument`` names the bad field."""
+def _explanation_context(request: bpb.MaskedBatchRequest, model: LoadedModel,
+                         contexts: ContextCache | None) -> tuple[torch.Tensor, np.ndarray]:
+    """The image and segments of a keep-rows request: sent in it (and then cached under its
+    ``context_digest``, if any), or named by its ``context_digest`` alone."""
+    digest = request.context_digest
+    if digest and request.WhichOneof("image") is None and not request.HasField("segments"):
+        cached = contexts.get(digest) if contexts is not None else None
+        if cached is None:
+            raise UnknownContext(f"context_digest: {digest[:16]}… is not held by this worker; repeat the request "
+                                 "with the image and segments")
+        return cached.image, cached.segments
+    if not request.HasField("segments"):
+        raise InvalidArgument("keep: give segments with keep rows, or masks")
     image = _image(request, model)
+    height, width = model.input_size
+    segments = segments_from(request.segments, "segments", max_pixels=height * width)
+    if segments.shape != (height, width):
+        raise InvalidArgument(f"segments: is {segments.shape[0]}×{segments.shape[1]}, expected the model's "
+                              f"input size {height}×{width}")
+    if digest:
+        if request.WhichOneof("image") != "preprocessed_image":
+            raise InvalidArgument("context_digest: only a preprocessed_image with its segments can be named")
+        if context_digest(request.preprocessed_image.float32_data, request.segments.zlib_uint16) != digest:
+            raise InvalidArgument("context_digest: is not the SHA-256 of the image and segments sent with it")
+        if contexts is not None:
+            contexts.put(digest, ExplanationContext(image, segments))
+    return image, segments
+
+
+def scoring_job(request: bpb.MaskedBatchRequest, model: LoadedModel,
+                contexts: ContextCache | None = None) -> ScoringJob:
+    """Decode and check ``request`` for ``model`` (handler side); ``InvalidArgument`` names the bad field.
+
+    ``contexts`` holds the images and segments sent earlier with a ``context_digest``;
+    :class:`~layermask_service.torchserve.context_cache.UnknownContext` if the request names one it lacks.
+    """
     masking = masking_name(request.masking)
     height, width = model.input_size
     labels = tuple(request.labels) or None
     if request.HasField("masks"):
-        if request.HasField("keep") or request.HasField("segments"):
+        if request.HasField("keep") or request.HasField("segments") or request.context_digest:
             raise InvalidArgument("masks: give either masks, or segments with keep, not both")
         masks = unpack_rows(request.masks, "masks", height * width).reshape(-1, height, width)
-        job = ScoringJob(image, masking, masks=masks, labels=labels)
+        job = ScoringJob(_image(request, model), masking, masks=masks, labels=labels)
     else:
-        if not (request.HasField("keep") and request.HasField("segments")):
+        if not request.HasField("keep"):
             raise InvalidArgument("keep: give segments with keep rows, or masks")
-        segments = segments_from(request.segments, "segments", max_pixels=height * width)
-        if segments.shape != (height, width):
-            raise InvalidArgument(f"segments: is {segments.shape[0]}×{segments.shape[1]}, expected the model's "
-                                  f"input size {height}×{width}")
+        image, segments = _explanation_context(request, model, contexts)
         rows = unpack_rows(request.keep, "keep", int(segments.max()) + 1)
         job = ScoringJob(image, masking, segments=segments, rows=rows, labels=labels)
     try:
@@ -125,20 +163,22 @@ def probabilities_from(response: bpb.MaskedBatchResponse, rows: int, columns: in
     return np.frombuffer(response.probabilities, dtype="<f4").reshape(rows, columns).astype(np.float64)
 
 
+# ModelDescription holds Preprocessing.to_dict()'s entries under the same names, but input_size as
+# input_height and input_width.
+_PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) if f.name != "input_size")
+
+
 def model_description(model: LoadedModel) -> bpb.ModelDescription:
-    p = model.preprocessing
+    preprocessing = model.preprocessing.to_dict()
+    height, width = preprocessing.pop("input_size")
     return bpb.ModelDescription(
-        name=model.name, format=model.format, input_height=p.input_size[0], input_width=p.input_size[1],
-        resize_size=p.resize_size, mean=p.mean, std=p.std, interpolation=p.interpolation.value,
-        class_names=model.class_names, strategies=[MASKING_ENUMS[s] for s in MASKING_STRATEGIES],
+        name=model.name, format=model.format, input_height=height, input_width=width, class_names=model.class_names,
+        strategies=[MASKING_ENUMS[s] for s in MASKING_STRATEGIES], **preprocessing,
     )
 
 
 def described_model(message: bpb.ModelDescription) -> LoadedModel:
     """A :class:`LoadedModel` with the served model's preprocessing and classes, and no network."""
-    preprocessing = Preprocessing(
-        input_size=(message.input_height, message.input_width), resize_size=message.resize_size,
-        mean=tuple(message.mean), std=tuple(message.std),
-        interpolation=TF.InterpolationMode(message.interpolation),
-    )
-    return LoadedModel(message.name, None, preprocessing, list(message.class_names))
+    preprocessing = {name: getattr(message, name) for name in _PREPROCESSING_FIELDS}
+    preprocessing["input_size"] = (message.input_height, message.input_width)
+    return LoadedModel(message.name, None, Preprocessing.from_dict(preprocessing), list(message.class_names))
