@@ -2,15 +2,20 @@
 
 ``torch.ops.mkldnn._convolution_pointwise`` runs a convolution with a ReLU or hardtanh applied as a
 post-op, which saves a full pass over the feature map. It is a private op: it may be missing, or
-behave differently, in another torch build. So it is tried once, at import, on tiny tensors against
-``F.conv2d`` + the activation; where it is missing, fails or disagrees, :data:`FUSED_CONV_AVAILABLE`
-is False and every caller takes the separate ops.
+behave differently, in another torch build. So it is tried once, on tiny tensors against
+``F.conv2d`` + the activation; where it is missing, fails or disagrees,
+:func:`fused_conv_available` is False and every caller takes the separate ops.
+
+The probe runs on first use, not at import: a oneDNN call on the importing thread before the
+compute threads exist made the service's compute threads page-fault their activation buffers
+anew on every pass (8x the minor faults, 25 % slower explanations; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -50,8 +55,10 @@ def _call(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stri
                                                    groups, name, list(scalars), "")
 
 
-FUSED_CONV_AVAILABLE: bool = _probe()
-"""Whether this torch build has a working fused oneDNN convolution + activation (probed at import)."""
+@functools.cache
+def fused_conv_available() -> bool:
+    """Whether this torch build has a working fused oneDNN convolution + activation (probed once, on first use)."""
+    return _probe()
 
 _separate_ops_forced: contextvars.ContextVar[bool] = contextvars.ContextVar("layermask_separate_conv_ops",
                                                                             default=False)
@@ -70,8 +77,9 @@ def separate_conv_ops() -> Iterator[None]:
 def available_for(a: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int] | str) -> bool:
     """Whether the fused op can run on these operands now: float32 on the CPU, numeric padding, eager
     kernels (not the ONNX export) and not inside :func:`separate_conv_ops`."""
-    return (FUSED_CONV_AVAILABLE and a.device.type == "cpu" and a.dtype == weight.dtype == torch.float32
-            and not isinstance(padding, str) and not _separate_ops_forced.get() and not use_portable_kernels())
+    return (a.device.type == "cpu" and a.dtype == weight.dtype == torch.float32
+            and not isinstance(padding, str) and not _separate_ops_forced.get() and not use_portable_kernels()
+            and fused_conv_available())
 
 
 def fused_conv2d(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -19,18 +21,28 @@ def test_probe_finds_the_fused_op_where_onednn_has_it() -> None:
     has_op = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     if platform.machine().lower() not in ("x86_64", "amd64") or not has_op:
         pytest.skip("no oneDNN fused convolution in this build")
-    assert onednn.FUSED_CONV_AVAILABLE
+    assert onednn.fused_conv_available()
+
+
+def test_nothing_runs_onednn_at_import() -> None:
+    """A oneDNN call on the importing thread made the service's compute threads page-fault every pass."""
+    probe = ("import layermask, layermask_service.server\n"
+             "from layermask.transform import _onednn\n"
+             "layermask.layer_mask(layermask.load_model().network)\n"
+             "print(_onednn.fused_conv_available.cache_info().currsize)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "0"
 
 
 def test_fused_op_is_refused_where_it_cannot_run() -> None:
     a, weight = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
-    assert onednn.available_for(a, weight, (1, 1)) == onednn.FUSED_CONV_AVAILABLE
+    assert onednn.available_for(a, weight, (1, 1)) == onednn.fused_conv_available()
     assert not onednn.available_for(a.double(), weight.double(), (1, 1))
     assert not onednn.available_for(a, weight, "same")
     with onednn.separate_conv_ops():
         assert not onednn.available_for(a, weight, (1, 1))
         assert onednn.fused_conv2d(a, weight, None, (1, 1), (1, 1), (1, 1), 1, ("relu", ())) is None
-    assert onednn.available_for(a, weight, (1, 1)) == onednn.FUSED_CONV_AVAILABLE
+    assert onednn.available_for(a, weight, (1, 1)) == onednn.fused_conv_available()
 
 
 @pytest.mark.parametrize("activation", [("relu", ()), ("hardtanh", (0.0, 6.0)), ("hardtanh", (-0.5, 0.25))])
@@ -74,7 +86,7 @@ def test_layer_masked_network_is_the_same_fused_or_not(name: str, converted: Con
     with onednn.separate_conv_ops():
         separate = model(images, masks)
     assert fused_calls == calls  # nothing was fused inside the block
-    if onednn.FUSED_CONV_AVAILABLE:
+    if onednn.fused_conv_available():
         assert calls > 0
     assert (fused - separate).abs().max().item() <= 1e-5 * separate.abs().max().item()
     assert torch.equal(fused.argmax(dim=1), separate.argmax(dim=1))
