@@ -1,5 +1,7 @@
 """The GPU check (issue #6): one command for a lent GPU machine, under 8 minutes, printing one table.
 
+(Over 300 lines on purpose: it travels to the GPU machine as one self-contained script.)
+
     bash bench/gpu_check.sh [--wheels DIR] [--report FILE]    # on the GPU machine; see gpu_check.sh
     bash bench/gpu_check.sh --dry-run                         # anywhere: a few iterations on the CPU
 

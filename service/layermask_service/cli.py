@@ -18,6 +18,13 @@ from layermask_service.torchserve.archive import FORMATS, ArchiveSettings, build
 
 
 def add_commands(commands: Any) -> None:
+    """Add ``serve``, ``archive`` and ``client`` to the core's subcommands."""
+    _add_serve(commands)
+    _add_archive(commands)
+    _add_client(commands)
+
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the gRPC ExplainService")
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--host")
@@ -39,6 +46,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--torchserve-config", type=Path, help="TorchServe config.properties for --start-torchserve "
                                                               "(default: the one shipped in the package)")
 
+
+def _add_archive(commands: Any) -> None:
     archive = commands.add_parser("archive", help="build a TorchServe model archive (.mar) of a model")
     archive.add_argument("--model", default=DEFAULT_MODEL)
     archive.add_argument("--weights", type=Path, help="local weights file (state dict)")
@@ -54,6 +63,8 @@ def add_commands(commands: Any) -> None:
     archive.add_argument("--context-cache-entries", type=int, default=ArchiveSettings.context_cache_entries,
                          help="explanation images and segments each worker keeps, so batches can name them by digest")
 
+
+def _add_client(commands: Any) -> None:
     client = commands.add_parser("client", help="call a running ExplainService")
     actions = client.add_subparsers(dest="client_command", required=True, parser_class=core_cli.Parser)
     explain = actions.add_parser("explain", help="explain an image through the service")

@@ -8,6 +8,9 @@ site-packages. Such a line only appends the directory to ``sys.path``: the ``.pt
 wheel. The fresh venv's bin holds only ``layermask``: TorchServe's scripts are not next to its
 ``python`` nor on PATH. Every command runs from ``tmp_path`` with that venv's ``layermask`` script,
 with nothing in its environment pointing at the checkout.
+
+(Over 300 lines: one build-and-install fixture chain shared by every step; split, each module would
+build and install the wheel again.)
 """
 
 from __future__ import annotations
