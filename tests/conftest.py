@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -43,3 +43,12 @@ def converted(seeded_network: Callable[[str], nn.Module]) -> Callable[[str], lay
         return layermask.layer_mask(seeded_network(name))
 
     return convert
+
+
+@pytest.fixture
+def exact_cuda() -> Iterator[None]:
+    """Full float32 on CUDA (no TF32), so that CUDA and CPU agree to float32 rounding."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

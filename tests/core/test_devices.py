@@ -7,8 +7,6 @@ Where CUDA is absent, the CUDA paths are checked through what each configuration
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -88,15 +86,6 @@ def test_a_runtime_graph_runs_on_the_cpu_side_only() -> None:
 
 
 # ------------------------------------------------------------------ CUDA
-
-
-@pytest.fixture
-def exact_cuda() -> Iterator[None]:
-    """Full float32 on CUDA (no TF32), so that CUDA and CPU agree to float32 rounding."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.gpu

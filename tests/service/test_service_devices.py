@@ -7,7 +7,6 @@ Where CUDA is absent, a CUDA device must be refused with a clear message (and in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +99,6 @@ def test_the_embedded_backend_explains_on_an_explicit_cpu(default_model: layerma
     assert {t.device.type for t in model.torch_network().state_dict().values()} == {"cpu"}
     masked = cached_masker("layer", model).model  # type: ignore[attr-defined]
     assert {t.device.type for t in masked.state_dict().values()} == {"cpu"}
-
-
-@pytest.fixture
-def exact_cuda() -> Iterator[None]:
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.gpu
