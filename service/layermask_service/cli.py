@@ -18,8 +18,9 @@ from layermask_service.torchserve.archive import FORMATS, ArchiveSettings, build
 
 
 def add_commands(commands: Any) -> None:
-    """Add ``serve``, ``archive`` and ``client`` to the core's subcommands."""
+    """Add ``serve``, ``torchserve``, ``archive`` and ``client`` to the core's subcommands."""
     _add_serve(commands)
+    _add_torchserve(commands)
     _add_archive(commands)
     _add_client(commands)
 
@@ -39,12 +40,29 @@ def _add_serve(commands: Any) -> None:
                        help="where masked batches run (default: embedded, in this process)")
     serve.add_argument("--device", metavar="cpu|cuda|cuda:N",
                        help="where the embedded backend runs the models (default: cpu)")
-    serve.add_argument("--torchserve-target", metavar="HOST:PORT", help="TorchServe's gRPC inference address")
+    serve.add_argument("--torchserve-target", metavar="HOST:PORT",
+                       help="TorchServe's gRPC inference address, a comma-separated list of them, or "
+                            "dns:///NAME:PORT (resolved every 15 s); batches go round-robin to every address")
     serve.add_argument("--start-torchserve", type=Path, metavar="MODEL_STORE",
                        help="also start TorchServe with the archives of MODEL_STORE (and stop it on exit); "
                             "implies --backend torchserve")
     serve.add_argument("--torchserve-config", type=Path, help="TorchServe config.properties for --start-torchserve "
                                                               "(default: the one shipped in the package)")
+
+
+def _add_torchserve(commands: Any) -> None:
+    torchserve = commands.add_parser("torchserve", help="run TorchServe alone with layermask's handler (a TorchServe "
+                                                        "pod), building missing archives first")
+    torchserve.add_argument("--model-store", type=Path, required=True,
+                            help="directory of .mar archives (writable: missing ones are built into it)")
+    torchserve.add_argument("--models", default=DEFAULT_MODEL, help="comma-separated model names")
+    torchserve.add_argument("--public-host", metavar="ADDRESS",
+                            help="also serve gRPC inference and metrics on ADDRESS (e.g. 0.0.0.0 in a pod); "
+                                 "the management API stays on 127.0.0.1")
+    torchserve.add_argument("--config", type=Path, help="TorchServe config.properties (default: the shipped one)")
+    torchserve.add_argument("--workdir", type=Path, help="logs and scratch files (default: a new temporary directory)")
+    torchserve.add_argument("--start-timeout", type=float, default=600.0, metavar="S",
+                            help="seconds to wait for every model's first worker (default 600)")
 
 
 def _add_archive(commands: Any) -> None:
@@ -102,14 +120,26 @@ def run_serve(args: argparse.Namespace) -> None:
         if not (args.start_torchserve / f"{name}.mar").is_file():
             raise FileNotFoundError(f"no archive {args.start_torchserve / f'{name}.mar'}; build it with "
                                     f"`layermask archive --model {name} -o {args.start_torchserve}`")
-    torchserve = TorchServeProcess(args.start_torchserve, list(settings.models),
-                                   config=args.torchserve_config, workdir=Path(".torchserve"))
+    # Logs and scratch files in a temporary directory (TMPDIR), so a read-only working directory works.
+    torchserve = TorchServeProcess(args.start_torchserve, list(settings.models), config=args.torchserve_config)
     logging.getLogger("layermask.torchserve").info("starting TorchServe (logs in %s)", torchserve.workdir)
     torchserve.start()
     try:
         asyncio.run(run(dataclasses.replace(settings, backend="torchserve", torchserve_target=torchserve.grpc_target)))
     finally:
         torchserve.stop()
+
+
+def run_torchserve(args: argparse.Namespace) -> None:
+    from layermask_service.torchserve.standalone import StandaloneSettings, run_standalone
+
+    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    if not models:
+        raise ValueError("--models must name at least one model")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_standalone(StandaloneSettings(model_store=args.model_store, models=models, config=args.config,
+                                      public_host=args.public_host, workdir=args.workdir,
+                                      start_timeout=args.start_timeout))
 
 
 def run_archive(args: argparse.Namespace) -> None:
@@ -158,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return core_cli.guarded(run_serve, args)
+    if args.command == "torchserve":
+        return core_cli.guarded(run_torchserve, args)
     if args.command == "archive":
         return core_cli.guarded(run_archive, args)
     if args.command == "client":

@@ -98,7 +98,17 @@ class TorchServeProcess:
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.properties['grpc_inference_port']}"
+        host = self.properties.get("grpc_inference_address", "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # a wildcard bind is reached on loopback
+        return f"{host}:{self.properties['grpc_inference_port']}"
+
+    def listen_publicly(self, host: str) -> None:
+        """Bind the gRPC inference API and the metrics to ``host`` (``0.0.0.0`` in a pod), so that
+        services and Prometheus in other pods reach them; the REST inference and management APIs
+        stay where the config puts them (loopback in the shipped one)."""
+        self.properties["grpc_inference_address"] = host
+        port = self.properties["metrics_address"].rsplit(":", 1)[1]
+        self.properties["metrics_address"] = f"http://{host}:{port}"
 
     @property
     def inference_url(self) -> str:
