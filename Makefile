@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install java system-packages deploy-tools run run-torchserve demo test lint bench stubs clean
+.PHONY: install java system-packages deploy-tools image image-lock run run-torchserve demo test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,25 @@ run-torchserve: $(INSTALLED) java
 
 demo: $(INSTALLED)
 	$(BIN)/layermask demo --output demo.png
+
+# The container image (Dockerfile): the wheelhouse from deploy/image/requirements.lock (hashes
+# checked) plus the project's wheel, then a build that reaches no index. BASE_IMAGE defaults to
+# the Dockerfile's (python:3.11-slim-bookworm); DOCKER_HOST picks the daemon.
+IMAGE ?= layermask:0.1.0
+BASE_IMAGE ?=
+WHEELHOUSE := build/wheelhouse
+image: $(INSTALLED)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+	  --dest $(WHEELHOUSE) -r deploy/image/requirements.lock
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE) .
+	cp deploy/image/requirements.lock $(WHEELHOUSE)/
+	DOCKER_BUILDKIT=0 docker build --network host --tag $(IMAGE) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
+
+# Re-pin the image's packages after a dependency in pyproject.toml changes.
+image-lock: $(INSTALLED)
+	$(BIN)/python deploy/image/lock.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
