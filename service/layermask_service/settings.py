@@ -14,6 +14,7 @@ from typing import Any
 from layermask.devices import resolve_device
 from layermask.models.registry import DEFAULT_MODEL
 from layermask.onnx.runtime import PREFERRED_PROVIDERS
+from layermask_service.torchserve.endpoints import parse_target
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_SAMPLES = 20_000  # the most perturbations one request may ask for
@@ -38,7 +39,9 @@ class Settings:
     max_samples: int = MAX_SAMPLES
     batch_size: int | None = None
     backend: str = "embedded"    # "torchserve": masked batches run in TorchServe at torchserve_target
-    torchserve_target: str = "localhost:7070"  # TorchServe's gRPC inference API
+    # TorchServe's gRPC inference API: host:port, a list host1:port1,host2:port2, or dns:///name:port
+    # (resolved every 15 s); each batch goes to the next address (torchserve/endpoints.py).
+    torchserve_target: str = "localhost:7070"
     torchserve_timeout: float = 120.0          # seconds per call to TorchServe
     torchserve_send_context_once: bool = True  # each explanation's image and segments once, then a digest
     health_interval: float = 2.0               # seconds between backend health checks
@@ -64,6 +67,7 @@ class Settings:
             raise ValueError(f"device: {self.device!r} applies to the embedded backend with format 'torch' only "
                              "(ONNX Runtime's device follows onnx_providers; TorchServe assigns its workers' GPUs)")
         resolve_device(self.device)
+        parse_target(self.torchserve_target)  # ValueError naming torchserve_target
 
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import empty_pb2
 
 from layermask.explanation.scoring import Scorer, ScoringJob
 from layermask.models.registry import LoadedModel
@@ -23,9 +24,9 @@ from layermask_service.errors import BackendFailed, BackendUnavailable
 from layermask_service.metrics import Metrics
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.proto import inference_pb2 as ts
-from layermask_service.proto import inference_pb2_grpc as ts_grpc
 from layermask_service.settings import Settings
 from layermask_service.torchserve.context_cache import UNKNOWN_DIGEST_STATUS
+from layermask_service.torchserve.endpoints import Endpoint, Endpoints, Unreachable
 from layermask_service.torchserve.messages import (
     described_model,
     digest_only_request,
@@ -33,34 +34,46 @@ from layermask_service.torchserve.messages import (
     probabilities_from,
     with_context_digest,
 )
-from layermask_service.torchserve.process import is_healthy
 
 log = logging.getLogger("layermask.torchserve")
 PING_TIMEOUT_SECONDS = 2.0
+T = TypeVar("T")
+Context = tuple[object, object, str]  # the image and segments of a ScoringJob, and their digest
 
 
 class TorchServeBackend(Backend):
-    """Models served by TorchServe at ``settings.torchserve_target`` (its gRPC inference port)."""
+    """Models served by TorchServe at ``settings.torchserve_target``: one gRPC inference address, a
+    list of them, or a ``dns:///`` name (see :mod:`~layermask_service.torchserve.endpoints`), the
+    calls spread round-robin over the addresses."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         super().__init__(settings, metrics)
         self.target = settings.torchserve_target
         limit = settings.max_message_bytes
-        self._channel = grpc.insecure_channel(self.target, options=[("grpc.max_receive_message_length", limit),
-                                                                    ("grpc.max_send_message_length", limit)])
-        self._stub = ts_grpc.InferenceAPIsServiceStub(self._channel)
+        self.endpoints = Endpoints(self.target, options=[("grpc.max_receive_message_length", limit),
+                                                         ("grpc.max_send_message_length", limit)])
         self._closed = False
 
-    def _predictions(self, model: str, key: str, payload: bytes, timeout: float) -> bytes:
-        request = ts.PredictionsRequest(model_name=model, input={key: payload})
+    def _through_any(self, model: str, attempt: Callable[[Endpoint], T]) -> T:
+        """``attempt`` on an address that answers (see :meth:`Endpoints.call`), errors as the service's."""
         try:
-            return bytes(self._stub.Predictions(request, timeout=timeout).prediction)
+            return self.endpoints.call(attempt)
+        except Unreachable as error:
+            raise BackendUnavailable(f"TorchServe at {self.target} failed for model {model!r}: {error}") from None
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise BackendFailed(f"TorchServe refused the request: {details}") from None
             raise BackendUnavailable(f"TorchServe at {self.target} failed for model {model!r}: "
                                      f"{code.name}: {details}") from None
+
+    @staticmethod
+    def _predict_at(endpoint: Endpoint, model: str, key: str, payload: bytes, timeout: float) -> bytes:
+        request = ts.PredictionsRequest(model_name=model, input={key: payload})
+        return bytes(endpoint.stub.Predictions(request, timeout=timeout).prediction)
+
+    def _predictions(self, model: str, key: str, payload: bytes, timeout: float) -> bytes:
+        return self._through_any(model, lambda endpoint: self._predict_at(endpoint, model, key, payload, timeout))
 
     def _describe(self, name: str) -> LoadedModel:
         payload = self._predictions(name, "model_info", bpb.ModelInfoRequest().SerializeToString(),
@@ -88,40 +101,40 @@ class TorchServeBackend(Backend):
                 time.sleep(1.0)
 
     def available(self) -> bool:
-        if not self.loaded.is_set():
-            return False
-        try:
-            response = self._stub.Ping(empty_pb2.Empty(), timeout=PING_TIMEOUT_SECONDS)
-        except grpc.RpcError:
-            return False
-        return is_healthy(response.health)
+        """Whether the models are described and at least one TorchServe address pings healthy."""
+        return self.loaded.is_set() and self.endpoints.healthy(PING_TIMEOUT_SECONDS)
 
     def scorer(self, model: LoadedModel) -> Scorer:
-        """A scorer for one explanation or prediction, each batch one ``Predictions`` call.
+        """A scorer for one explanation or prediction, each batch one ``Predictions`` call to the next address.
 
-        With ``torchserve_send_context_once`` the image and segments go with the first batch and
-        its digest; later batches of the same image and segments carry the digest alone, and are
-        repeated in full if the handler no longer holds it.
+        With ``torchserve_send_context_once`` the image and segments go with the first batch that an
+        address gets, with their digest; later batches to that address carry the digest alone, and
+        are repeated in full (to the same address) if its handler no longer holds it.
         """
-        sent: list[tuple[object, object, str]] = []  # (image, segments, digest) the handler was sent
+        sent: dict[str, Context] = {}  # address -> the image, segments and digest its handler was sent
 
-        def send(request: bpb.MaskedBatchRequest) -> bpb.MaskedBatchResponse:
+        def send(endpoint: Endpoint, request: bpb.MaskedBatchRequest) -> bpb.MaskedBatchResponse:
             payload = request.SerializeToString()
             self.metrics.backend_bytes.labels(model.name).inc(len(payload))
-            return bpb.MaskedBatchResponse.FromString(
-                self._predictions(model.name, "masked_batch", payload, self.settings.torchserve_timeout))
+            return bpb.MaskedBatchResponse.FromString(self._predict_at(
+                endpoint, model.name, "masked_batch", payload, self.settings.torchserve_timeout))
 
-        def score(job: ScoringJob) -> np.ndarray:
-            known = [digest for image, segments, digest in sent if image is job.image and segments is job.segments]
-            response = send(digest_only_request(job, known[0])) if known else None
+        def score_at(endpoint: Endpoint, job: ScoringJob) -> bpb.MaskedBatchResponse:
+            held = sent.get(endpoint.address)
+            response: bpb.MaskedBatchResponse | None = None
+            if held is not None and held[0] is job.image and held[1] is job.segments:
+                response = send(endpoint, digest_only_request(job, held[2]))
             if response is None or (response.HasField("error") and response.error.status == UNKNOWN_DIGEST_STATUS):
                 request = masked_batch_request(job)
                 if self.settings.torchserve_send_context_once and job.rows is not None:
                     with_context_digest(request)
-                response = send(request)
+                response = send(endpoint, request)
                 if request.context_digest and not response.HasField("error"):
-                    sent[:] = [(job.image, job.segments, request.context_digest)]
-            return self._probabilities(model, job, response)
+                    sent[endpoint.address] = (job.image, job.segments, request.context_digest)
+            return response
+
+        def score(job: ScoringJob) -> np.ndarray:
+            return self._probabilities(model, job, self._through_any(model.name, lambda e: score_at(e, job)))
 
         return score
 
@@ -137,4 +150,4 @@ class TorchServeBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
-        self._channel.close()
+        self.endpoints.close()
