@@ -89,4 +89,4 @@ stubs: $(INSTALLED)
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache demo.png .torchserve model_store/*.mar
+	rm -rf $(VENV) $(DEPLOY_VENV) build .pytest_cache .mypy_cache .ruff_cache demo.png .torchserve model_store/*.mar
