@@ -48,6 +48,16 @@ def _add_serve(commands: Any) -> None:
                             "implies --backend torchserve")
     serve.add_argument("--torchserve-config", type=Path, help="TorchServe config.properties for --start-torchserve "
                                                               "(default: the one shipped in the package)")
+    security = serve.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls-cert-file", metavar="PEM", help="serve gRPC over TLS with this certificate (chain)")
+    security.add_argument("--tls-key-file", metavar="PEM", help="the private key of --tls-cert-file")
+    security.add_argument("--tls-client-ca-file", metavar="PEM",
+                          help="also require client certificates signed by this CA (mTLS)")
+    security.add_argument("--metrics-tls-cert-file", metavar="PEM", help="serve /metrics over HTTPS")
+    security.add_argument("--metrics-tls-key-file", metavar="PEM", help="the private key of --metrics-tls-cert-file")
+    security.add_argument("--auth-token-file", metavar="FILE",
+                          help="require a bearer token from this file (one a line; re-read on change and SIGHUP); "
+                               "health and reflection stay open")
 
 
 def _add_torchserve(commands: Any) -> None:
@@ -99,6 +109,14 @@ def _add_client(commands: Any) -> None:
     explain.add_argument("--timeout", type=float, help="deadline in seconds")
     explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
     explain.add_argument("--json", type=Path, help="also write the response as JSON")
+    security = explain.add_argument_group("security (docs/security.md)")
+    security.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+    security.add_argument("--tls-ca-file", metavar="PEM", help="use TLS, trusting this CA")
+    security.add_argument("--tls-cert-file", metavar="PEM", help="client certificate, for mTLS")
+    security.add_argument("--tls-key-file", metavar="PEM", help="the private key of --tls-cert-file")
+    security.add_argument("--tls-server-name", metavar="NAME", help="name to check in the server's certificate "
+                                                                   "(default: the host of --target)")
+    security.add_argument("--token-file", metavar="FILE", help="send the first token of FILE as a bearer token")
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -108,7 +126,10 @@ def run_serve(args: argparse.Namespace) -> None:
     overrides = {"host": args.host, "port": args.port, "metrics_host": args.metrics_host,
                  "metrics_port": args.metrics_port, "models": args.models, "max_concurrent": args.max_concurrent,
                  "max_queue": args.max_queue, "grace_seconds": args.grace_seconds, "backend": args.backend,
-                 "torchserve_target": args.torchserve_target, "device": args.device}
+                 "torchserve_target": args.torchserve_target, "device": args.device,
+                 **{name: getattr(args, name) for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file",
+                                                           "metrics_tls_cert_file", "metrics_tls_key_file",
+                                                           "auth_token_file")}}
     settings = load_settings(args.config, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.start_torchserve is None:
@@ -167,7 +188,10 @@ def run_client_explain(args: argparse.Namespace) -> None:
                               labels=args.label, top_labels=args.top_labels,
                               heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY)
     try:
-        with ExplainClient(args.target, timeout=args.timeout) as client:
+        with ExplainClient(args.target, timeout=args.timeout, tls_ca_file=args.tls_ca_file,
+                           tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                           token_file=args.token_file, tls_server_name=args.tls_server_name,
+                           use_tls=args.tls) as client:
             response = client.explain_stream(request, ProgressBar())
     except grpc.RpcError as error:
         raise ConnectionError(f"{error.code().name}: {error.details()}") from None

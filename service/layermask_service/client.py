@@ -10,6 +10,8 @@ import grpc
 
 from layermask.explanation.segmentation import SEGMENTATIONS
 from layermask.masking.names import DEFAULT_MASKING
+from layermask_service import tls
+from layermask_service.auth import BearerTokenClientInterceptor, read_tokens
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
 from layermask_service.settings import MAX_MESSAGE_BYTES
@@ -49,13 +51,30 @@ def explain_request(image: bytes, *, model: str = "", masking: str = DEFAULT_MAS
 
 
 class ExplainClient:
-    """Blocking client. ``timeout`` (seconds) becomes each call's gRPC deadline."""
+    """Blocking client. ``timeout`` (seconds) becomes each call's gRPC deadline.
+
+    TLS when ``tls`` or any ``tls_*`` file is given: ``tls_ca_file`` is trusted (default: the system's
+    roots), ``tls_cert_file`` and ``tls_key_file`` are the client certificate of mTLS, and
+    ``tls_server_name`` overrides the name checked in the server's certificate. ``token_file``: its
+    first token goes as ``authorization: Bearer …`` with every call (the file is read once, here).
+    """
 
     def __init__(self, target: str, timeout: float | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", max_message_bytes),
-                                                              ("grpc.max_send_message_length", max_message_bytes)])
-        self.stub = pb_grpc.ExplainServiceStub(self.channel)
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, *, tls_ca_file: str | None = None,
+                 tls_cert_file: str | None = None, tls_key_file: str | None = None, token_file: str | None = None,
+                 tls_server_name: str | None = None, use_tls: bool = False) -> None:
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                          ("grpc.max_send_message_length", max_message_bytes)]
+        if use_tls or tls_ca_file or tls_cert_file or tls_key_file:
+            credentials = tls.channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+            channel = grpc.secure_channel(target, credentials, options=options + tls.channel_options(tls_server_name))
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        self.channel = channel
+        if token_file is not None:
+            token = read_tokens(token_file, source="token_file")[0]
+            channel = grpc.intercept_channel(channel, BearerTokenClientInterceptor(token))
+        self.stub = pb_grpc.ExplainServiceStub(channel)
         self.timeout = timeout
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:

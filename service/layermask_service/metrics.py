@@ -42,7 +42,14 @@ class Metrics:
         self.build.info({"version": layermask.__version__, "torch": torch.__version__,
                          "python": platform.python_version()})
 
-    def serve(self, host: str, port: int) -> Any:
-        """Start the ``/metrics`` HTTP endpoint; returns the HTTP server (``.server_port``, ``.shutdown()``)."""
-        server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, certfile: str | None = None, keyfile: str | None = None) -> Any:
+        """Start the ``/metrics`` HTTP endpoint (HTTPS with ``certfile`` and ``keyfile``); returns the HTTP
+        server (``.server_port``, ``.shutdown()``). The certificate is read once, here: a restart picks up
+        a renewed one."""
+        server, _thread = prom.start_http_server(port, addr=host, registry=self.registry,
+                                                 certfile=certfile, keyfile=keyfile)
         return server
+
+    def count_unauthenticated(self, rpc: str) -> None:
+        """A call refused for want of a valid bearer token: the servicer, which counts the others, never saw it."""
+        self.requests.labels(rpc, "UNAUTHENTICATED").inc()

@@ -1,4 +1,5 @@
-"""Assembling and running the gRPC server: servicer, health, reflection, metrics, graceful stop."""
+"""Assembling and running the gRPC server: servicer, health, reflection, metrics, graceful stop,
+and the optional TLS, mTLS and bearer tokens of docs/security.md."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from layermask.allocator import keep_freed_memory
+from layermask_service import tls
+from layermask_service.auth import BearerTokenInterceptor, TokenStore
 from layermask_service.backend import Backend, EmbeddedBackend
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
@@ -43,7 +46,11 @@ class ExplainServer:
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self.health = health.aio.HealthServicer()
         limit = settings.max_message_bytes
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+        self.tokens = None if settings.auth_token_file is None else TokenStore(settings.auth_token_file)
+        interceptors = [] if self.tokens is None else [
+            BearerTokenInterceptor(self.tokens, self.metrics.count_unauthenticated)]
+        self.server = grpc.aio.server(interceptors=interceptors,
+                                      options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", limit)])
         pb_grpc.add_ExplainServiceServicer_to_server(
             ExplainServicer(self.backend, settings, self.metrics, self.executor), self.server)
@@ -62,15 +69,39 @@ class ExplainServer:
     async def start(self) -> None:
         """Listen at once (health NOT_SERVING), then load the models in the background."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        s = self.settings
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            credentials = tls.server_credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.host}:{self.settings.port}")
-        self._metrics_http = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            raise OSError(f"cannot listen on {address}")
+        if s.metrics_tls_cert_file is not None:
+            tls.check_pem(s.metrics_tls_cert_file, str(s.metrics_tls_key_file), what="metrics_tls")
+        self._metrics_http = self.metrics.serve(s.metrics_host, s.metrics_port, s.metrics_tls_cert_file,
+                                                s.metrics_tls_key_file)
         self.metrics_port = self._metrics_http.server_port
         await self.server.start()
-        log.info("listening on %s:%d, metrics on %s:%d", self.settings.host, self.port,
-                 self.settings.metrics_host, self.metrics_port)
+        log.info("listening on %s:%d (%s), metrics on %s:%d (%s)", s.host, self.port, self.security,
+                 s.metrics_host, self.metrics_port, "https" if s.metrics_tls_cert_file else "http")
+        if self.tokens is not None and s.tls_cert_file is None and s.host not in ("localhost", "127.0.0.1", "::1"):
+            log.warning("bearer tokens travel in plaintext: set tls_cert_file and tls_key_file, or keep the "
+                        "port behind something that encrypts (a service mesh)")
         self._loading = asyncio.ensure_future(self._load())
+
+    @property
+    def security(self) -> str:
+        """How callers are checked, in words, for the log."""
+        s = self.settings
+        transport = ("plaintext" if s.tls_cert_file is None else
+                     "TLS, client certificates required" if s.tls_client_ca_file else "TLS")
+        return transport + (", bearer token required" if self.tokens is not None else "")
+
+    def reload_tokens(self) -> bool:
+        """Re-read the bearer-token file now (SIGHUP); False, and the old tokens kept, when it fails."""
+        return self.tokens.reload() if self.tokens is not None else False
 
     async def _load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.loader, self.backend.load)
@@ -122,18 +153,29 @@ def make_backend(settings: Settings, metrics: Metrics) -> Backend:
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain in-flight calls for ``grace_seconds`` and return."""
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for ``grace_seconds`` and return.
+
+    SIGHUP re-reads the bearer-token file (it is also followed on calls). Certificates of the gRPC port
+    are followed too (:mod:`layermask_service.tls`); the metrics port's are read at start only.
+    """
     keep_freed_memory()
     server = ExplainServer(settings)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, server)  # before "listening": no SIGHUP kills us
     await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", settings.grace_seconds)
     await server.stop()
     log.info("stopped")
+
+
+def _reload_on_sighup(server: ExplainServer) -> None:
+    log.info("SIGHUP: reloading the bearer-token file" if server.tokens is not None
+             else "SIGHUP: no auth_token_file to reload")
+    server.reload_tokens()
 
 
 class BackgroundServer:

@@ -14,6 +14,7 @@ from typing import Any
 from layermask.devices import resolve_device
 from layermask.models.registry import DEFAULT_MODEL
 from layermask.onnx.runtime import PREFERRED_PROVIDERS
+from layermask_service.auth import read_tokens
 from layermask_service.torchserve.endpoints import parse_target
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -45,6 +46,13 @@ class Settings:
     torchserve_timeout: float = 120.0          # seconds per call to TorchServe
     torchserve_send_context_once: bool = True  # each explanation's image and segments once, then a digest
     health_interval: float = 2.0               # seconds between backend health checks
+    # Security (docs/security.md). PEM files; all None: plaintext gRPC that anyone reaching the port may call.
+    tls_cert_file: str | None = None           # with tls_key_file: gRPC over TLS
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None      # also require client certificates this CA signed (mTLS)
+    metrics_tls_cert_file: str | None = None   # with metrics_tls_key_file: /metrics over HTTPS
+    metrics_tls_key_file: str | None = None
+    auth_token_file: str | None = None         # accepted bearer tokens, one a line; health/reflection exempt
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -68,6 +76,25 @@ class Settings:
                              "(ONNX Runtime's device follows onnx_providers; TorchServe assigns its workers' GPUs)")
         resolve_device(self.device)
         parse_target(self.torchserve_target)  # ValueError naming torchserve_target
+        self._check_security_files()
+
+    def _check_security_files(self) -> None:
+        """Each file given exists and is readable, pairs come together, and the token file has a token."""
+        for name in _FILE_SETTINGS:
+            path = getattr(self, name)
+            if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ValueError(f"{name}: no readable file {path}")
+        for cert, key in (("tls_cert_file", "tls_key_file"), ("metrics_tls_cert_file", "metrics_tls_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together: give both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.auth_token_file is not None:
+            read_tokens(self.auth_token_file)  # ValueError naming auth_token_file; an empty file is one
+
+
+_FILE_SETTINGS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "metrics_tls_cert_file",
+                  "metrics_tls_key_file", "auth_token_file")
 
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
@@ -81,6 +108,8 @@ def _coerce(name: str, value: Any) -> Any:
         return dict(item.split("=", 1) for item in value.split(",") if item)
     if name in ("models", "onnx_providers"):
         return tuple(value)
+    if name in _FILE_SETTINGS:  # LAYERMASK_TLS_CERT_FILE="" (an unset template variable) means none
+        return str(value) if value not in ("", None) else None
     if kind in ("int", "int | None") and value is not None:
         return int(value)
     if kind == "float":
