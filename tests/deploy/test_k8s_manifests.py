@@ -9,6 +9,7 @@ and one checkov run; split, each module would render and scan again.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -20,13 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
+from layermask_service.settings import Settings
 from tests.helpers.deploy_tools import REPO_ROOT, latest_kubernetes_schema_version, run_deploy_tool
 
 pytestmark = pytest.mark.deploy
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 CHECKOV_CONFIG = K8S / ".checkov.yaml"
-OVERLAYS = ("cpu", "gpu", "cpu-inflight", "gpu-inflight")
+OVERLAYS = ("cpu", "gpu", "cpu-inflight", "gpu-inflight", "cpu-tls")
+TLS_OVERLAYS = ("cpu-tls",)
 GPU_OVERLAYS = ("gpu", "gpu-inflight")
 INFLIGHT_OVERLAYS = ("cpu-inflight", "gpu-inflight")
 MONITORING_V1 = "monitoring.coreos.com/v1"
@@ -46,6 +49,15 @@ ALLOWED_KINDS = frozenset({
 })
 
 IMAGE = "layermask:0.1.0"
+HEALTHCHECK = ["python", "-m", "layermask_service.healthcheck"]  # with TLS: its settings from the ConfigMap
+PROBE_TIMING = {"periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold", "initialDelaySeconds"}
+TLS_SETTINGS = {
+    "LAYERMASK_TLS_CERT_FILE": "/etc/layermask/tls/tls.crt",
+    "LAYERMASK_TLS_KEY_FILE": "/etc/layermask/tls/tls.key",
+    "LAYERMASK_AUTH_TOKEN_FILE": "/etc/layermask/tls/tokens",
+    "LAYERMASK_HEALTHCHECK_TLS_CA_FILE": "/etc/layermask/tls/ca.crt",
+    "LAYERMASK_HEALTHCHECK_TLS_SERVER_NAME": "layermask.layermask.svc",
+}
 TLS_SECRET = "layermask-tls"
 TORCHSERVE_SERVICE = "layermask-torchserve"
 TORCHSERVE_MANAGEMENT_PORTS = {8080, 8081, 7071}  # REST, management, gRPC management: 127.0.0.1 only
@@ -248,7 +260,12 @@ def test_settings_come_from_the_configmap(overlay: str) -> None:
                      "LAYERMASK_TORCHSERVE_TARGET": f"dns:///{TORCHSERVE_SERVICE}:7070"}
     else:
         expected["LAYERMASK_BACKEND"] = "embedded"
+    if overlay in TLS_OVERLAYS:
+        expected |= TLS_SETTINGS
     assert configmap["data"] == expected
+    known = {f"LAYERMASK_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    for key in configmap["data"]:  # a misspelt name would be silently ignored by the server
+        assert key in known or key.startswith("LAYERMASK_HEALTHCHECK_TLS_"), key
     service = container_named(rendered, "service", "layermask")
     assert service["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
     assert service["command"] == ["layermask", "serve"]
@@ -328,6 +345,10 @@ def test_service_probes_and_drain(overlay: str) -> None:
     template = pod_template(rendered, "service")
     container = container_named(rendered, "service", "layermask")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if overlay in TLS_OVERLAYS:  # native gRPC probes speak plaintext only
+            assert set(container[probe]) - PROBE_TIMING == {"exec"}, probe
+            assert container[probe]["exec"]["command"] == HEALTHCHECK, probe
+            continue
         assert container[probe]["grpc"]["port"] == 50051, probe
         assert container[probe]["grpc"].get("service", "") == "", probe  # the server's overall health
     startup = container["startupProbe"]
@@ -355,7 +376,11 @@ def test_tls_secret_is_mounted_read_only(overlay: str) -> None:
     assert len(mounts) == 1 and mounts[0].get("readOnly") is True
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
     assert volume["secret"]["secretName"] == TLS_SECRET
-    assert volume["secret"].get("optional") is True
+    # Optional until TLS is on (components/tls): then a pod without its certificate must not start.
+    assert volume["secret"].get("optional") is (overlay not in TLS_OVERLAYS)
+    if overlay in TLS_OVERLAYS:
+        paths = [v for k, v in rendered.configmap("layermask")["data"].items() if k.endswith("_FILE")]
+        assert paths and all(path.startswith(mounts[0]["mountPath"] + "/") for path in paths)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
