@@ -3,6 +3,7 @@
 from layermask.errors import InvalidOptionError, UnsupportedLayerError
 from layermask.explanation.lime import explain
 from layermask.explanation.options import ExplainOptions
+from layermask.explanation.plotting import plot
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
 from layermask.masking import MASKING_STRATEGIES, Masker, get_masker
 from layermask.models import DEFAULT_MODEL, LoadedModel, Preprocessing, list_models, load_model, register_model
@@ -26,6 +27,7 @@ __all__ = [
     "layer_mask",
     "list_models",
     "load_model",
+    "plot",
     "register_model",
 ]
 __version__ = "0.1.0"

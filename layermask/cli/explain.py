@@ -40,7 +40,9 @@ def add_explain_command(commands: Any) -> None:
     labels = explain.add_mutually_exclusive_group()
     labels.add_argument("--label", type=int, action="append", help="explain this class index (repeatable)")
     labels.add_argument("--top-labels", type=int, default=_DEFAULTS.top_labels)
-    explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
+    explain.add_argument("-o", "--output", type=Path, required=True,
+                         help="PNG overlay to write, on the photo at its resolution (outside the crop greyed out)")
+    explain.add_argument("--crop", action="store_true", help="draw the overlay on the model's input crop instead")
     explain.add_argument("--json", type=Path, help="also write the explanation as JSON")
     explain.add_argument("--no-progress", action="store_true")
 
@@ -104,7 +106,7 @@ def run_explain(args: argparse.Namespace) -> None:
         print(f"label {label} ({result.name}): R² {result.score:.3f}, local prediction {result.local_prediction:.3f}")
         for segment, weight in explanation.top_segments(label, k=5):
             print(f"  segment {segment:4d} weight {weight:+.4f}")
-    explanation.save_png(args.output)
+    explanation.save_png(args.output, on="crop" if args.crop else "original")
     print(f"wrote {args.output}")
     if args.json is not None:
         explanation.to_json(args.json)

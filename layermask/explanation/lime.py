@@ -28,6 +28,7 @@ import torch
 from sklearn.linear_model import Ridge
 from sklearn.metrics import pairwise_distances
 
+from layermask import allocator
 from layermask.errors import InvalidOptionError
 from layermask.explanation.options import ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
@@ -119,7 +120,8 @@ def _check_perturbations(rows: np.ndarray, num_segments: int) -> np.ndarray:
 
 @dataclass
 class ExplanationPlan:
-    """What a LIME run decides before the model runs: the crop, its segments and the keep-matrix."""
+    """What a LIME run decides before the model runs: the crop, its segments and the keep-matrix
+    (and the photo as given, ``original``, for heatmaps drawn on it)."""
 
     model: LoadedModel
     options: ExplainOptions
@@ -128,6 +130,7 @@ class ExplanationPlan:
     segments: np.ndarray
     rows: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    original: np.ndarray | None = None
 
     def job(self, rows: np.ndarray, labels: tuple[int, ...] | None) -> ScoringJob:
         return ScoringJob(self.tensor, self.options.masking, segments=self.segments, rows=rows, labels=labels)
@@ -159,7 +162,7 @@ def plan_explanation(model: LoadedModel, image: ImageLike, options: ExplainOptio
     else:
         rows = _check_perturbations(perturbations, num_segments)
     tensor = model.preprocessing.normalise(crop).unsqueeze(0)
-    return ExplanationPlan(model, options, pixels, tensor, segments, rows, timings)
+    return ExplanationPlan(model, options, pixels, tensor, segments, rows, timings, original=np.asarray(rgb))
 
 
 def choose_labels(plan: ExplanationPlan, probabilities: np.ndarray) -> tuple[list[ClassScore], list[int]]:
@@ -190,15 +193,18 @@ def fit_explanation(plan: ExplanationPlan, top_predictions: list[ClassScore], la
         top_predictions=top_predictions, masking=options.masking, segmentation=options.segmentation_method,
         segmentation_params=dict(options.segmentation_params), seed=options.seed, num_samples=len(plan.rows),
         keep_probability=options.keep_probability, kernel_width=options.kernel_width, timings=plan.timings,
+        original=plan.original, preprocessing=plan.model.preprocessing,
     )
 
 
 def finish_explanation(plan: ExplanationPlan, scorer: Scorer | None = None,
-                       progress: Progress | None = None) -> Explanation:
+                       progress: Progress | None = None, *, keep_freed_memory: bool | None = None) -> Explanation:
     """Score the rows of ``plan`` with ``scorer`` (by default in this process) and fit the explanation.
 
-    Nothing here checks input: an exception raised here is a failure of the computation.
+    The allocator is switched as by :func:`explain` (``keep_freed_memory`` likewise). Nothing here
+    checks input: an exception raised here is a failure of the computation.
     """
+    allocator.keep_freed_memory_by_default(keep_freed_memory)
     batch_size = plan.options.batch_size or default_batch_size()
     scorer = scorer or LocalScorer(plan.model, batch_size)
     started = time.perf_counter()
@@ -210,7 +216,8 @@ def finish_explanation(plan: ExplanationPlan, scorer: Scorer | None = None,
 
 def explain(model: LoadedModel, image: ImageLike, options: ExplainOptions | None = None, *,
             progress: Progress | None = None, scorer: Scorer | None = None,
-            perturbations: np.ndarray | None = None, **overrides: Any) -> Explanation:
+            perturbations: np.ndarray | None = None, keep_freed_memory: bool | None = None,
+            **overrides: Any) -> Explanation:
     """Explain ``model``'s prediction on ``image`` with LIME.
 
     ``options`` (an :class:`~layermask.explanation.options.ExplainOptions`) says how; keyword
@@ -222,22 +229,32 @@ def explain(model: LoadedModel, image: ImageLike, options: ExplainOptions | None
     :class:`~layermask.explanation.scoring.LocalScorer` on ``model``; only ``model``'s preprocessing
     and class names are used otherwise).
 
+    Process-wide effect: the first explanation in a process switches glibc's allocator to keep
+    freed memory for reuse (:func:`layermask.allocator.keep_freed_memory`: one malloc arena, no
+    ``mmap``, no trimming), which spares every forward pass the page faults of its activation
+    buffers; the process's resident size then stays at its peak. ``keep_freed_memory=False`` on
+    the first call, or ``LAYERMASK_KEEP_FREED_MEMORY=0`` in the environment, leaves the allocator
+    alone for the rest of the process; ``True`` switches it on whatever the environment says.
+
     Raises:
         InvalidOptionError: (a ``ValueError``) an option is invalid for ``model`` or ``image``;
             ``field`` names it. Raised before the model runs.
         TypeError: an override that is not a field of ``ExplainOptions``.
     """
     plan = plan_explanation(model, image, options, perturbations=perturbations, **overrides)
-    return finish_explanation(plan, scorer, progress)
+    return finish_explanation(plan, scorer, progress, keep_freed_memory=keep_freed_memory)
 
 
 def explain_many(model: LoadedModel, plans: Sequence[ExplanationPlan], max_rows: int,
-                 on_forward: Callable[[int], None] | None = None) -> list[Explanation]:
+                 on_forward: Callable[[int], None] | None = None, *,
+                 keep_freed_memory: bool | None = None) -> list[Explanation]:
     """Finish several planned explanations of ``model`` at once, their rows sharing forward passes.
 
     Each plan keeps its own image, strategy, rows and labels; the result for a plan is the one
-    :func:`explain` gives for it, up to the rounding of different pass sizes.
+    :func:`explain` gives for it, up to the rounding of different pass sizes. The allocator is
+    switched as by :func:`explain` (``keep_freed_memory`` likewise).
     """
+    allocator.keep_freed_memory_by_default(keep_freed_memory)
     started = time.perf_counter()
     unmasked = score_jobs(model, [plan.unmasked_job() for plan in plans], max_rows, on_forward)
     choices = [choose_labels(plan, probabilities[0]) for plan, probabilities in zip(plans, unmasked)]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
 
 from layermask.explanation.rendering import render_overlay
+from layermask.models.preprocessing import Preprocessing
 
-__all__ = ["ClassScore", "Explanation", "LabelExplanation"]
+__all__ = ["ClassScore", "Explanation", "LabelExplanation", "View"]
+
+View = Literal["crop", "original"]
+"""Where a heatmap is drawn: on the model's input crop, or on the photo as it was given."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,13 @@ class LabelExplanation:
 
 @dataclass
 class Explanation:
-    """A LIME explanation of one image. ``image`` is the RGB crop the model saw (H×W×3 uint8)."""
+    """A LIME explanation of one image. ``image`` is the RGB crop the model saw (H×W×3 uint8).
+
+    ``original`` is the photo as it was given (RGB, H×W×3 uint8) and ``preprocessing`` how the
+    crop was made from it; with them, heatmaps and overlays can be drawn on the photo
+    (``size="original"``, ``on="original"``). In a notebook an ``Explanation`` displays as its
+    overlay (on the photo where it is kept).
+    """
 
     model: str
     image: np.ndarray
@@ -57,6 +68,8 @@ class Explanation:
     keep_probability: float
     kernel_width: float
     timings: dict[str, float] = field(default_factory=dict)
+    original: np.ndarray | None = field(default=None, repr=False)
+    preprocessing: Preprocessing | None = None
 
     @property
     def labels(self) -> list[int]:
@@ -73,9 +86,39 @@ class Explanation:
             raise KeyError(f"label {key} was not explained; explained labels: {self.labels}")
         return self.explanations[key]
 
-    def heatmap(self, label: int | None = None) -> np.ndarray:
-        """Per-pixel weight map (H×W float32): each pixel carries its segment's weight."""
-        return self._label(label).weights.astype(np.float32)[self.segments]
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """(height, width) of the photo as it was given, where it is kept."""
+        return None if self.original is None else (int(self.original.shape[0]), int(self.original.shape[1]))
+
+    def segments_on(self, view: View = "crop") -> np.ndarray:
+        """The segment label map on the crop, or on the original photo with -1 outside the crop."""
+        if view == "crop":
+            return self.segments
+        if view != "original":
+            raise ValueError(f"view must be 'crop' or 'original', got {view!r}")
+        if self.original_size is None or self.preprocessing is None:
+            raise ValueError("this explanation does not keep the original photo (made without explain()?); "
+                             "use the crop view")
+        rows, columns = self.preprocessing.crop_indices(self.original_size)
+        labels = self.segments[np.maximum(rows, 0)][:, np.maximum(columns, 0)]
+        labels[rows < 0] = -1
+        labels[:, columns < 0] = -1
+        return labels
+
+    def heatmap(self, label: int | None = None, size: View = "crop") -> np.ndarray:
+        """Per-pixel weight map (float32): each pixel carries its segment's weight.
+
+        ``size="crop"`` gives the map at the model's input size (H×W of :attr:`image`);
+        ``size="original"`` maps it back through the preprocessing (resize, centre crop) onto the
+        photo as it was given, each pixel taking the crop pixel its centre lands on; pixels
+        outside the crop were not explained and are NaN (not zero weight).
+        """
+        weights = self._label(label).weights.astype(np.float32)
+        if size == "crop":
+            return weights[self.segments]
+        labels = self.segments_on(size)
+        return np.where(labels >= 0, weights[labels], np.float32(np.nan)).astype(np.float32)
 
     def top_segments(self, label: int | None = None, k: int = 5) -> list[tuple[int, float]]:
         """The ``k`` segments with the largest positive-to-negative weights, as ``(segment, weight)``."""
@@ -83,16 +126,41 @@ class Explanation:
         order = np.argsort(-weights, kind="stable")[:k]
         return [(int(s), float(weights[s])) for s in order]
 
-    def overlay(self, label: int | None = None, top_k: int = 5, alpha: float = 0.55) -> Image.Image:
-        """The image overlaid with the heatmap (diverging colours), segment boundaries and the
-        ``top_k`` positive segments outlined."""
+    def overlay(self, label: int | None = None, top_k: int = 5, alpha: float = 0.55, on: View = "crop",
+                scale: float | None = None) -> Image.Image:
+        """The image overlaid with the heatmap (diverging colours, full colour at ``scale``, by
+        default the largest weight's magnitude), segment boundaries and the ``top_k`` positive
+        segments outlined.
+
+        ``on="crop"`` draws on the model's input crop; ``on="original"`` on the photo as it was
+        given, at its resolution, with the region outside the crop greyed out (not explained).
+        """
         top = [s for s, w in self.top_segments(label, top_k) if w > 0]
-        return render_overlay(self.image, self.heatmap(label), self.segments, top, alpha)
+        if on == "crop":
+            return render_overlay(self.image, self.heatmap(label), self.segments, top, alpha, scale)
+        labels = self.segments_on(on)
+        assert self.original is not None and self.preprocessing is not None
+        line_width = max(1, round(min(labels.shape) / self.preprocessing.resize_size))
+        return render_overlay(self.original, self.heatmap(label, on), labels, top, alpha, scale, line_width)
 
     def save_png(self, path: str | os.PathLike[str] | BinaryIO, label: int | None = None, top_k: int = 5,
-                 alpha: float = 0.55) -> None:
+                 alpha: float = 0.55, on: View = "crop") -> None:
         """Write :meth:`overlay` as a PNG file."""
-        self.overlay(label, top_k, alpha).save(path, format="PNG")
+        self.overlay(label, top_k, alpha, on).save(path, format="PNG")
+
+    def _repr_png_(self) -> bytes:
+        """The overlay of the first label as PNG bytes (on the photo where it is kept), for notebooks."""
+        buffer = io.BytesIO()
+        self.save_png(buffer, on="crop" if self.original is None or self.preprocessing is None else "original")
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        parts = []
+        for result in self.explanations.values():
+            top = ", ".join(f"{s}: {w:+.3g}" for s, w in self.top_segments(result.label, 3))
+            parts.append(f"label {result.label} ({result.name!r}): R² {result.score:.3f}, top segments {top}")
+        return (f"<Explanation of {self.model!r}, {self.masking} masking, {self.num_samples} samples, "
+                f"{self.num_segments} segments; {'; '.join(parts)}>")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary of everything except the image pixels."""
@@ -106,6 +174,7 @@ class Explanation:
             "keep_probability": self.keep_probability,
             "kernel_width": self.kernel_width,
             "num_segments": self.num_segments,
+            "original_size": None if self.original_size is None else list(self.original_size),
             "segments": self.segments.tolist(),
             "top_predictions": [vars(p) for p in self.top_predictions],
             "explanations": [

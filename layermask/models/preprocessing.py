@@ -58,6 +58,28 @@ class Preprocessing:
                             interpolation=TF.InterpolationMode.NEAREST)
         return np.asarray(TF.center_crop(resized, list(self.input_size))).astype(np.int32)
 
+    def resized_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) after the resize of an image of ``image_size`` (height, width), as torchvision does."""
+        height, width = image_size
+        short, long = min(height, width), max(height, width)
+        new_long = int(self.resize_size * long / short)
+        return (new_long, self.resize_size) if height > width else (self.resize_size, new_long)
+
+    def crop_indices(self, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Where each row and column of an image of ``image_size`` (height, width) lands in the crop.
+
+        Two int64 arrays (one entry per row, one per column): the crop row or column holding the
+        pixel's centre after the resize, or -1 where the pixel lies outside the crop. A map ``m``
+        drawn on the crop comes back to the image as ``m[rows][:, columns]`` where both are ≥ 0.
+        """
+        indices = []
+        for original, resized, cropped in zip(image_size, self.resized_size(image_size), self.input_size):
+            # center_crop's offset; a crop larger than the resized image pads it (left/top gets the floor)
+            offset = round((resized - cropped) / 2.0) if resized >= cropped else -((cropped - resized) // 2)
+            index = np.floor((np.arange(original) + 0.5) * resized / original).astype(np.int64) - offset
+            indices.append(np.where((index >= 0) & (index < cropped), index, -1))
+        return indices[0], indices[1]
+
     def normalise(self, image: Image.Image) -> torch.Tensor:
         return TF.normalize(TF.to_tensor(image), list(self.mean), list(self.std))
 

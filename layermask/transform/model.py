@@ -6,6 +6,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from layermask.allocator import keep_freed_memory_by_default
 from layermask.transform.inputs import check_images_and_masks
 
 __all__ = ["LayerMaskedModel"]
@@ -16,6 +17,10 @@ class LayerMaskedModel(nn.Module):
 
     ``images`` is N×C×H×W (preprocessed), ``masks`` N×1×H×W with 1 = visible. The generated
     ``torch.fx.GraphModule`` is available as :attr:`graph_module` (it skips input validation).
+
+    The first forward pass in a process switches glibc's allocator to keep freed memory for reuse,
+    as the first :func:`layermask.explain` does (:mod:`layermask.allocator`; opt out with
+    ``LAYERMASK_KEEP_FREED_MEMORY=0``).
     """
 
     def __init__(self, graph_module: fx.GraphModule, in_channels: int | None) -> None:
@@ -28,4 +33,5 @@ class LayerMaskedModel(nn.Module):
         if self.training:
             raise RuntimeError("a layer-masked model runs in eval mode only; call .eval() first")
         check_images_and_masks(images, masks, self.in_channels)
+        keep_freed_memory_by_default()
         return self.graph_module(images, masks.to(images.dtype))

@@ -107,7 +107,9 @@ def _add_client(commands: Any) -> None:
     labels.add_argument("--label", type=int, action="append")
     labels.add_argument("--top-labels", type=int)
     explain.add_argument("--timeout", type=float, help="deadline in seconds")
-    explain.add_argument("-o", "--output", type=Path, required=True, help="PNG overlay to write")
+    explain.add_argument("-o", "--output", type=Path, required=True,
+                         help="PNG overlay to write, on the photo at its resolution (outside the crop greyed out)")
+    explain.add_argument("--crop", action="store_true", help="draw the overlay on the model's input crop instead")
     explain.add_argument("--json", type=Path, help="also write the response as JSON")
     security = explain.add_argument_group("security (docs/security.md)")
     security.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
@@ -187,6 +189,7 @@ def run_client_explain(args: argparse.Namespace) -> None:
                               segmentation_params=params, num_samples=args.samples, seed=args.seed,
                               labels=args.label, top_labels=args.top_labels,
                               heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY)
+    request.heatmap_view = pb.HEATMAP_VIEW_CROP if args.crop else pb.HEATMAP_VIEW_ORIGINAL
     try:
         with ExplainClient(args.target, timeout=args.timeout, tls_ca_file=args.tls_ca_file,
                            tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from layermask.errors import InvalidOptionError
 from layermask.explanation.options import ExplainOptions
-from layermask.explanation.result import ClassScore, Explanation
+from layermask.explanation.result import ClassScore, Explanation, View
 from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.images import MAX_IMAGE_PIXELS, decode_image
 from layermask_service.errors import InvalidArgument
@@ -51,13 +51,30 @@ class RequestedSegmentation:
 
 
 @dataclass(frozen=True)
+class HeatmapChoice:
+    """The heatmaps a request asks for: ``format`` (``pb.HeatmapFormat``) drawn on ``view``
+    (``pb.HeatmapView``; UNSPECIFIED is the crop)."""
+
+    format: int
+    view: int = pb.HEATMAP_VIEW_CROP
+
+    @property
+    def on(self) -> View:
+        """The core's name for :attr:`view`."""
+        return "original" if self.view == pb.HEATMAP_VIEW_ORIGINAL else "crop"
+
+
+@dataclass(frozen=True)
 class ExplainJob:
-    """An ``ExplainRequest`` translated: the model's name, the decoded image and the checked options."""
+    """An ``ExplainRequest`` translated: the model's name, the decoded image and the checked options.
+
+    ``heatmap_format`` holds the request's ``heatmap_format`` and ``heatmap_view`` together.
+    """
 
     model: str
     image: Image.Image
     options: ExplainOptions
-    heatmap_format: Any
+    heatmap_format: HeatmapChoice
     segmentation: RequestedSegmentation
 
     def request_error(self, error: InvalidOptionError) -> Exception:
@@ -116,6 +133,8 @@ def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int
         raise InvalidArgument("labels: give either labels or top_labels, not both")
     if request.heatmap_format not in pb.HeatmapFormat.values():
         raise InvalidArgument(f"heatmap_format: unknown format {request.heatmap_format}")
+    if request.heatmap_view not in pb.HeatmapView.values():
+        raise InvalidArgument(f"heatmap_view: unknown view {request.heatmap_view}")
     segmentation = segmentation_from(request.segmentation)
     scalars = {name: getattr(request, name) for name in SCALAR_OPTIONS if request.HasField(name)}
     try:
@@ -126,26 +145,30 @@ def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int
         raise option_error(error, segmentation) from None
     if options.num_samples > max_samples:
         raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.num_samples}")
-    return ExplainJob(request.model or default_model, image_from(request.image), options, request.heatmap_format,
-                      segmentation)
+    heatmap = HeatmapChoice(request.heatmap_format, request.heatmap_view or pb.HEATMAP_VIEW_CROP)
+    return ExplainJob(request.model or default_model, image_from(request.image), options, heatmap, segmentation)
 
 
 def class_scores(scores: list[ClassScore]) -> list[pb.ClassScore]:
     return [pb.ClassScore(label=s.label, name=s.name, probability=s.probability) for s in scores]
 
 
-def heatmap_message(explanation: Explanation, label: int, fmt: Any) -> pb.Heatmap:
-    height, width = explanation.segments.shape
+def heatmap_message(explanation: Explanation, label: int, fmt: Any, on: View = "crop") -> pb.Heatmap:
+    """``label``'s heatmap in format ``fmt``, on the crop or the original image (NaN outside the crop)."""
+    height, width = explanation.segments_on(on).shape
     if fmt == pb.HEATMAP_FORMAT_PNG_OVERLAY:
         buffer = io.BytesIO()
-        explanation.save_png(buffer, label)
+        explanation.save_png(buffer, label, on=on)
         data = buffer.getvalue()
     else:
-        data = explanation.heatmap(label).astype("<f2").tobytes()
+        data = explanation.heatmap(label, on).astype("<f2").tobytes()
     return pb.Heatmap(label=label, format=fmt, height=height, width=width, data=data)
 
 
-def explain_response(explanation: Explanation, heatmap_format: int, decode_seconds: float) -> pb.ExplainResponse:
+def explain_response(explanation: Explanation, heatmap: HeatmapChoice | int,
+                     decode_seconds: float) -> pb.ExplainResponse:
+    """The response for ``explanation``; ``heatmap`` is the request's choice (a bare format means the crop view)."""
+    heatmap = heatmap if isinstance(heatmap, HeatmapChoice) else HeatmapChoice(heatmap)
     timings = explanation.timings
     return pb.ExplainResponse(
         model=explanation.model, masking=MASKING_ENUMS[explanation.masking],
@@ -157,8 +180,8 @@ def explain_response(explanation: Explanation, heatmap_format: int, decode_secon
                                           local_prediction=e.local_prediction)
                       for e in explanation.explanations.values()],
         top_predictions=class_scores(explanation.top_predictions),
-        heatmaps=[] if heatmap_format == pb.HEATMAP_FORMAT_NONE else
-        [heatmap_message(explanation, label, heatmap_format) for label in explanation.labels],
+        heatmaps=[] if heatmap.format == pb.HEATMAP_FORMAT_NONE else
+        [heatmap_message(explanation, label, heatmap.format, heatmap.on) for label in explanation.labels],
         timings=pb.StageTimings(decode_seconds=decode_seconds,
                                 segmentation_seconds=timings.get("segmentation", 0.0),
                                 inference_seconds=timings.get("inference", 0.0), fit_seconds=timings.get("fit", 0.0)),

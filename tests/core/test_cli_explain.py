@@ -33,9 +33,10 @@ def test_explains_a_real_photo(coffee_jpeg: Path, tmp_path: Path) -> None:
     assert "segment" in result.stdout
     assert "48/48" in result.stderr  # the progress bar reached the end
     with Image.open(tmp_path / "out.png") as image:
-        assert image.size == (224, 224)
+        assert image.size == (600, 400)  # the photo at its resolution, by default
     explanation = json.loads((tmp_path / "out.json").read_text())
     assert explanation["num_samples"] == 48 and explanation["explanations"][0]["label"] == 967
+    assert explanation["original_size"] == [400, 600]
     assert explanation["segmentation_params"]["n_segments"] == 40
 
 
@@ -43,9 +44,11 @@ def test_client_label_map(coffee_jpeg: Path, tmp_path: Path) -> None:
     labels = np.repeat(np.arange(4), 56)[None, :].repeat(224, axis=0)
     np.save(tmp_path / "labels.npy", labels)
     result = run_cli(str(coffee_jpeg), "--samples", "16", "--segments-file", str(tmp_path / "labels.npy"),
-                     "--label", "967", "--no-progress", "-o", str(tmp_path / "out.png"))
+                     "--label", "967", "--no-progress", "--crop", "-o", str(tmp_path / "out.png"))
     assert result.returncode == 0, result.stderr
     assert "label 967 (espresso)" in result.stdout and result.stderr == ""
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.size == (224, 224)  # --crop: the model's input crop
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
 from skimage import data
 
 import layermask
@@ -71,6 +73,13 @@ def test_png_overlay_heatmap(client: ExplainClient) -> None:
     response = client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=16,
                                               heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY))
     assert response.heatmaps[0].data.startswith(b"\x89PNG") and response.heatmaps[0].width == 224
+    request = explain_request(CHELSEA, segmentation="grid", num_samples=16,
+                              heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY)
+    request.heatmap_view = pb.HEATMAP_VIEW_ORIGINAL
+    heatmap = client.explain(request).heatmaps[0]
+    assert (heatmap.height, heatmap.width) == (300, 451)  # the upload at its resolution
+    with Image.open(io.BytesIO(heatmap.data)) as image:
+        assert image.size == (451, 300)
 
 
 def test_predict_with_mask_and_with_segments(client: ExplainClient) -> None:

@@ -67,6 +67,8 @@ def test_client_cli_streams_progress_and_writes_png(server: RunningServer, tmp_p
     assert result.returncode == 0, result.stderr
     assert "24/24" in result.stderr
     assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
+    with Image.open(tmp_path / "out.png") as overlay:
+        assert overlay.size == (451, 300)  # on the photo at its resolution (--crop: the 224² crop)
     assert '"numSamples": 24' in (tmp_path / "out.json").read_text()
 
 

@@ -16,11 +16,14 @@ from layermask_service.translate import (
     MASKING_ENUMS,
     MASKING_NAMES,
     SCALAR_OPTIONS,
+    HeatmapChoice,
     explain_job,
+    explain_response,
     option_error,
     segmentation_from,
 )
 from tests.helpers.service import png_bytes
+from tests.helpers.tiny_model import tiny_model
 
 CHELSEA = png_bytes(data.chelsea())
 
@@ -85,3 +88,28 @@ def test_the_scalar_options_are_the_optional_request_fields() -> None:
     option_names = {f.name for f in dataclasses.fields(ExplainOptions)}
     assert set(SCALAR_OPTIONS) == {"num_samples", "keep_probability", "kernel_width", "seed", "top_labels"}
     assert set(SCALAR_OPTIONS) <= option_names
+
+
+def test_the_heatmap_view_is_read_and_checked() -> None:
+    unset = explain_job(pb.ExplainRequest(image=CHELSEA), "m", max_samples=20_000)
+    assert unset.heatmap_format == HeatmapChoice(pb.HEATMAP_FORMAT_NONE, pb.HEATMAP_VIEW_CROP)  # the old answer
+    chosen = explain_job(pb.ExplainRequest(image=CHELSEA, heatmap_format=pb.HEATMAP_FORMAT_FLOAT16,
+                                           heatmap_view=pb.HEATMAP_VIEW_ORIGINAL), "m", max_samples=20_000)
+    assert chosen.heatmap_format.on == "original"
+    with pytest.raises(InvalidArgument, match=r"^heatmap_view: unknown view 7"):
+        explain_job(pb.ExplainRequest(image=CHELSEA, heatmap_view=7), "m", max_samples=20_000)  # type: ignore[arg-type]
+
+
+def test_heatmaps_follow_the_view() -> None:
+    explanation = layermask.explain(tiny_model(), data.chelsea(), segmentation="grid", num_samples=8, masking="grey")
+    crop = explain_response(explanation, HeatmapChoice(pb.HEATMAP_FORMAT_FLOAT16, pb.HEATMAP_VIEW_CROP), 0.0)
+    assert (crop.heatmaps[0].height, crop.heatmaps[0].width) == (224, 224)
+    assert explain_response(explanation, pb.HEATMAP_FORMAT_FLOAT16, 0.0) == crop  # a bare format: the crop
+    original = explain_response(explanation, HeatmapChoice(pb.HEATMAP_FORMAT_FLOAT16, pb.HEATMAP_VIEW_ORIGINAL), 0.0)
+    heatmap = original.heatmaps[0]
+    values = np.frombuffer(heatmap.data, dtype="<f2").reshape(heatmap.height, heatmap.width)
+    assert values.shape == (300, 451)
+    np.testing.assert_array_equal(np.isnan(values), np.isnan(explanation.heatmap(size="original")))
+    assert np.isnan(values[:, 0]).all() and not np.isnan(values[150, 225])
+    png = explain_response(explanation, HeatmapChoice(pb.HEATMAP_FORMAT_PNG_OVERLAY, pb.HEATMAP_VIEW_ORIGINAL), 0.0)
+    assert png.heatmaps[0].data.startswith(b"\x89PNG") and png.heatmaps[0].width == 451

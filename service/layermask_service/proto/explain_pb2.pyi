@@ -20,6 +20,12 @@ class HeatmapFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEATMAP_FORMAT_NONE: _ClassVar[HeatmapFormat]
     HEATMAP_FORMAT_PNG_OVERLAY: _ClassVar[HeatmapFormat]
     HEATMAP_FORMAT_FLOAT16: _ClassVar[HeatmapFormat]
+
+class HeatmapView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEATMAP_VIEW_UNSPECIFIED: _ClassVar[HeatmapView]
+    HEATMAP_VIEW_CROP: _ClassVar[HeatmapView]
+    HEATMAP_VIEW_ORIGINAL: _ClassVar[HeatmapView]
 MASKING_UNSPECIFIED: Masking
 MASKING_LAYER: Masking
 MASKING_GREY: Masking
@@ -28,6 +34,9 @@ MASKING_BLUR: Masking
 HEATMAP_FORMAT_NONE: HeatmapFormat
 HEATMAP_FORMAT_PNG_OVERLAY: HeatmapFormat
 HEATMAP_FORMAT_FLOAT16: HeatmapFormat
+HEATMAP_VIEW_UNSPECIFIED: HeatmapView
+HEATMAP_VIEW_CROP: HeatmapView
+HEATMAP_VIEW_ORIGINAL: HeatmapView
 
 class Quickshift(_message.Message):
     __slots__ = ("kernel_size", "max_dist", "ratio", "sigma")
@@ -92,7 +101,7 @@ class Segmentation(_message.Message):
     def __init__(self, quickshift: _Optional[_Union[Quickshift, _Mapping]] = ..., slic: _Optional[_Union[Slic, _Mapping]] = ..., felzenszwalb: _Optional[_Union[Felzenszwalb, _Mapping]] = ..., grid: _Optional[_Union[Grid, _Mapping]] = ..., label_map: _Optional[_Union[LabelMap, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "image", "masking", "segmentation", "num_samples", "keep_probability", "kernel_width", "seed", "labels", "top_labels", "heatmap_format")
+    __slots__ = ("model", "image", "masking", "segmentation", "num_samples", "keep_probability", "kernel_width", "seed", "labels", "top_labels", "heatmap_format", "heatmap_view")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASKING_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +113,7 @@ class ExplainRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_VIEW_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     masking: Masking
@@ -115,7 +125,8 @@ class ExplainRequest(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     top_labels: int
     heatmap_format: HeatmapFormat
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., top_labels: _Optional[int] = ..., heatmap_format: _Optional[_Union[HeatmapFormat, str]] = ...) -> None: ...
+    heatmap_view: HeatmapView
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., top_labels: _Optional[int] = ..., heatmap_format: _Optional[_Union[HeatmapFormat, str]] = ..., heatmap_view: _Optional[_Union[HeatmapView, str]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "name", "probability")

@@ -53,7 +53,7 @@ from layermask_service.torchserve.context_cache import (
     UnknownContext,
 )
 from layermask_service.torchserve.messages import masked_batch_response, model_description, scoring_job
-from layermask_service.translate import explain_job, explain_response, image_from
+from layermask_service.translate import HeatmapChoice, explain_job, explain_response, image_from
 
 log = logging.getLogger(__name__)
 TOP_PREDICTIONS = 5
@@ -77,7 +77,7 @@ class LayerMaskHandler:
     @dataclass
     class Explaining:
         plan: ExplanationPlan
-        heatmap_format: int
+        heatmap_format: HeatmapChoice  # the request's format and view
         decode_seconds: float
 
     Request = Failure | Scoring | Explaining | bytes
