@@ -37,6 +37,26 @@ def _integer(name: str, value: object, minimum: int, what: str) -> int:
     return int(value)
 
 
+KERNEL_WIDTH_RANGE = (1e-6, 1e6)
+"""The accepted ``kernel_width``: the kernel acts on cosine distances in [0, 1], so widths outside this
+range weigh the rows no differently from its ends, while widths near the float limits overflow
+(a huge one) or leave no row any weight (a tiny one)."""
+
+SEGMENTATION_MAXIMA: dict[str, dict[str, float]] = {
+    "quickshift": {"kernel_size": 16.0, "sigma": 100.0},
+    "slic": {"sigma": 100.0},
+    "felzenszwalb": {"sigma": 100.0},
+}
+"""Upper bounds of the segmentation parameters whose cost grows with their value: a Gaussian pre-smoothing
+``sigma`` past 100 pixels blurs a model input to a flat image but takes ever longer (minutes at 10⁶, and
+an allocation failure at 10³⁰⁰), and quickshift's time grows with the square of ``kernel_size``."""
+
+SEGMENTATION_MINIMA: dict[str, dict[str, float]] = {"quickshift": {"kernel_size": 1.0}, "slic": {"compactness": 0.01}}
+"""Lower bounds stricter than the segmentation's own: skimage's quickshift refuses a kernel_size under 1, and
+skimage's slic corrupts the process's heap (glibc aborts it) for a compactness of about 1e-200 and below,
+where its distance weight underflows; skimage suggests 0.01 to 100."""
+
+
 def _real(name: str, value: object) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise InvalidOptionError(name, f"must be a finite number, got {value!r}")
@@ -98,6 +118,9 @@ class ExplainOptions:
         width = _real("kernel_width", self.kernel_width)
         if width <= 0:
             raise InvalidOptionError("kernel_width", f"must be positive, got {self.kernel_width!r}")
+        if not KERNEL_WIDTH_RANGE[0] <= width <= KERNEL_WIDTH_RANGE[1]:
+            raise InvalidOptionError("kernel_width", f"must be between {KERNEL_WIDTH_RANGE[0]:g} and "
+                                                     f"{KERNEL_WIDTH_RANGE[1]:g}, got {self.kernel_width!r}")
         store("kernel_width", width)
         store("labels", self._checked_labels())
         store("top_labels", _integer("top_labels", self.top_labels, 1, "an integer of at least 1"))
@@ -118,7 +141,16 @@ class ExplainOptions:
         if not isinstance(self.segmentation, str):
             raise InvalidOptionError("segmentation", f"must be a method name or a label map, "
                                                      f"got {type(self.segmentation).__name__}")
-        return segmentation_parameters(self.segmentation, self.segmentation_params)
+        params = segmentation_parameters(self.segmentation, self.segmentation_params)
+        for name, minimum in SEGMENTATION_MINIMA.get(self.segmentation, {}).items():
+            if params[name] < minimum:
+                raise InvalidOptionError("segmentation_params", f"{self.segmentation} parameter {name} must be at "
+                                                                f"least {minimum:g}, got {params[name]!r}")
+        for name, maximum in SEGMENTATION_MAXIMA.get(self.segmentation, {}).items():
+            if params[name] > maximum:
+                raise InvalidOptionError("segmentation_params", f"{self.segmentation} parameter {name} must be at "
+                                                                f"most {maximum:g}, got {params[name]!r}")
+        return params
 
     def _checked_labels(self) -> tuple[int, ...] | None:
         if self.labels is None:

@@ -16,6 +16,9 @@ the field ``image``). In order:
    the header's size (a small PNG whose zlib stream inflates hugely is cut off there). Pillow's
    own ``Image.MAX_IMAGE_PIXELS`` check (only reachable with ``max_pixels`` above it) raises
    ``DecompressionBombWarning`` or ``DecompressionBombError``; both become the same ValueError.
+   Sides differing by more than ``MAX_ASPECT_RATIO`` are refused here too: the preprocessing
+   resizes the shorter side to 256 before cropping, so a 100000×1 PNG of a few hundred bytes
+   would become 256×25,600,000 pixels (20 GB); at 100:1 the resized image stays under 20 MB.
 4. Animations (APNG, animated WebP) and multi-picture JPEG (MPO): only the first frame is decoded
    (for an APNG, the default image); other frames are never read, nor counted.
 5. Orientation: the EXIF orientation tag is applied, so the result is the upright image (a
@@ -41,10 +44,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ALLOWED_FORMATS", "BACKGROUND", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "decode_image", "load_image"]
+__all__ = ["ALLOWED_FORMATS", "BACKGROUND", "MAX_ASPECT_RATIO", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "decode_image",
+           "load_image"]
 
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_ASPECT_RATIO = 100
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 BACKGROUND = (255, 255, 255)
 """What transparent pixels become."""
@@ -125,6 +130,9 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise _Refusal(f"image is corrupt: its header gives a size of {width}×{height} pixels")
     if width * height > max_pixels:
         raise _Refusal(f"image is {width}×{height} pixels, more than the limit of {max_pixels} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise _Refusal(f"image is {width}×{height} pixels; its sides may differ by a factor of at most "
+                       f"{MAX_ASPECT_RATIO}")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -22,8 +22,7 @@ from layermask_service.auth import BearerTokenInterceptor, TokenStore
 from layermask_service.backend import Backend, EmbeddedBackend
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
-from layermask_service.proto import explain_pb2_grpc as pb_grpc
-from layermask_service.servicer import ExplainServicer
+from layermask_service.servicer import ExplainServicer, add_to_server
 from layermask_service.settings import Settings
 
 T = TypeVar("T")
@@ -52,8 +51,9 @@ class ExplainServer:
         self.server = grpc.aio.server(interceptors=interceptors,
                                       options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", limit)])
-        pb_grpc.add_ExplainServiceServicer_to_server(
-            ExplainServicer(self.backend, settings, self.metrics, self.executor), self.server)
+        # Not the generated add_ExplainServiceServicer_to_server: undecodable request bytes get
+        # INVALID_ARGUMENT from the servicer instead of UNKNOWN from gRPC.
+        add_to_server(ExplainServicer(self.backend, settings, self.metrics, self.executor), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0

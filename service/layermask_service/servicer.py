@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from layermask_service.admission import Admission, QueueFull
 from layermask_service.backend import Backend
@@ -64,6 +65,54 @@ class _CallGuard:
             raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+class Undecodable:
+    """What :func:`add_to_server`'s deserializers give the servicer for request bytes that do not parse."""
+
+    def __init__(self, message_type: str, error: DecodeError) -> None:
+        self.message_type = message_type
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"request: not a valid {self.message_type} ({self.error})"
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString``, returning :class:`Undecodable` instead of raising.
+
+    gRPC calls a method's deserializer before the servicer, and answers an exception raised there with
+    ``UNKNOWN`` and a logged traceback; this way the servicer answers ``INVALID_ARGUMENT``.
+    """
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return Undecodable(name, error)
+
+    return deserialize
+
+
+def add_to_server(servicer: ExplainServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like ``add_ExplainServiceServicer_to_server``, but with deserializers that let
+    it refuse undecodable request bytes with ``INVALID_ARGUMENT``."""
+    rpc = grpc.unary_unary_rpc_method_handler
+    handlers = {
+        "Explain": rpc(servicer.Explain, request_deserializer=_tolerant(pb.ExplainRequest),
+                       response_serializer=pb.ExplainResponse.SerializeToString),
+        "ExplainStream": grpc.unary_stream_rpc_method_handler(
+            servicer.ExplainStream, request_deserializer=_tolerant(pb.ExplainRequest),
+            response_serializer=pb.ExplainEvent.SerializeToString),
+        "Predict": rpc(servicer.Predict, request_deserializer=_tolerant(pb.PredictRequest),
+                       response_serializer=pb.PredictResponse.SerializeToString),
+        "ListModels": rpc(servicer.ListModels, request_deserializer=_tolerant(pb.ListModelsRequest),
+                          response_serializer=pb.ListModelsResponse.SerializeToString),
+    }
+    service = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
         self.backend = backend
@@ -77,10 +126,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         async def work(guard: _CallGuard) -> pb.ExplainResponse:
             return await self._explain(request, guard, None)
 
+        if isinstance(request, Undecodable):
+            return await self._refuse("Explain", request, context)
         return await self._handle("Explain", request.model, request.masking, context, work)
 
     async def ExplainStream(self, request: pb.ExplainRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
+        if isinstance(request, Undecodable):
+            await self._refuse("ExplainStream", request, context)
         events: asyncio.Queue[pb.ExplainEvent] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -106,6 +159,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                 await asyncio.wait([task])
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        if isinstance(request, Undecodable):
+            return await self._refuse("Predict", request, context)
+
         async def work(guard: _CallGuard) -> pb.PredictResponse:
             self._require_loaded()
             model = request.model or self.backend.default_model
@@ -128,6 +184,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        if isinstance(request, Undecodable):
+            return await self._refuse("ListModels", request, context)
+
         async def work(guard: _CallGuard) -> pb.ListModelsResponse:
             self._require_loaded()
             strategies = [MASKING_ENUMS[s] for s in self.backend.strategies()]
@@ -140,6 +199,13 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         return await self._handle("ListModels", "", None, context, work, admit=False)
 
     # ---------------------------------------------------------------- common
+    async def _refuse(self, rpc: str, request: Undecodable, context: grpc.aio.ServicerContext) -> Any:
+        """Answer request bytes that did not parse (see :func:`add_to_server`) with ``INVALID_ARGUMENT``."""
+        async def work(guard: _CallGuard) -> Any:
+            raise InvalidArgument(str(request))
+
+        return await self._handle(rpc, "", None, context, work, admit=False)
+
     def _require_loaded(self) -> None:
         if not self.backend.loaded.is_set():
             raise BackendUnavailable(f"{self.backend.waiting_for}; retry when health reports SERVING")

@@ -215,6 +215,10 @@ CASES: list[tuple[str, Callable[[], bytes], Expected]] = [
     # bombs: refused from the header
     *[(name, factory, LIMIT if "gif" not in name else NO_GIF) for name, factory in BOMBS.items()],
     ("png zero width", lambda: png_claiming(0, 10), "size of 0×10 pixels"),
+    # a strip the preprocessing would resize to 256×25,600,000 pixels: refused from the header
+    ("png 100000x1 strip", lambda: png_claiming(100_000, 1), "differ by a factor of at most 100"),
+    ("png 1x101 strip", lambda: encoded(Image.new("RGB", (1, 101)), "PNG"), "differ by a factor of at most 100"),
+    ("png 1x100 strip", lambda: encoded(Image.new("RGB", (1, 100), (9, 9, 9)), "PNG"), Ok((1, 100))),
     # nothing, text, other formats, a format's signature over another's data
     ("zero bytes", lambda: b"", "image is empty"),
     ("text", lambda: b"Hello, I am not an image.\n" * 4, NOT_AN_IMAGE),
@@ -288,7 +292,7 @@ def test_animations_decode_only_their_first_frame(monkeypatch: pytest.MonkeyPatc
     assert all(frame == 0 for frame in sought), sought
 
 
-@pytest.mark.parametrize("size", [(1, 1), (5, 3), (3, 500)])
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (3, 300)])
 def test_tiny_images_reach_the_models_input_size(size: tuple[int, int]) -> None:
     preprocessing = Preprocessing()
     image = decode_image(encoded(Image.new("RGB", size, (9, 99, 199)), "PNG"))
