@@ -62,6 +62,7 @@ image: $(INSTALLED)
 	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
 	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
 	  --dest $(WHEELHOUSE) -r deploy/image/requirements.lock
+	rm -rf build/lib  # setuptools' staging area: a stale copy would put deleted modules into the wheel
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE) .
 	cp deploy/image/requirements.lock $(WHEELHOUSE)/
 	DOCKER_BUILDKIT=0 docker build --network host --tag $(IMAGE) \

@@ -22,7 +22,8 @@ from layermask_service.auth import BearerTokenInterceptor, TokenStore
 from layermask_service.backend import Backend, EmbeddedBackend
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
-from layermask_service.servicer import ExplainServicer, add_to_server
+from layermask_service.registration import add_to_server
+from layermask_service.servicer import ExplainServicer
 from layermask_service.settings import Settings
 
 T = TypeVar("T")

@@ -17,7 +17,6 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from layermask_service.admission import Admission, QueueFull
 from layermask_service.backend import Backend
@@ -25,12 +24,14 @@ from layermask_service.errors import BackendUnavailable, InvalidArgument, ModelN
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
+from layermask_service.registration import Undecodable
 from layermask_service.settings import Settings
 from layermask_service.translate import (
     MASKING_ENUMS,
     MASKING_NAMES,
+    CheckedExplainRequest,
+    check_explain_request,
     class_scores,
-    explain_job,
     explain_response,
     image_from,
     masking_name,
@@ -65,54 +66,6 @@ class _CallGuard:
             raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class Undecodable:
-    """What :func:`add_to_server`'s deserializers give the servicer for request bytes that do not parse."""
-
-    def __init__(self, message_type: str, error: DecodeError) -> None:
-        self.message_type = message_type
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"request: not a valid {self.message_type} ({self.error})"
-
-
-def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
-    """``message_class.FromString``, returning :class:`Undecodable` instead of raising.
-
-    gRPC calls a method's deserializer before the servicer, and answers an exception raised there with
-    ``UNKNOWN`` and a logged traceback; this way the servicer answers ``INVALID_ARGUMENT``.
-    """
-    name = message_class.DESCRIPTOR.full_name
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except DecodeError as error:
-            return Undecodable(name, error)
-
-    return deserialize
-
-
-def add_to_server(servicer: ExplainServicer, server: grpc.aio.Server) -> None:
-    """Register ``servicer`` like ``add_ExplainServiceServicer_to_server``, but with deserializers that let
-    it refuse undecodable request bytes with ``INVALID_ARGUMENT``."""
-    rpc = grpc.unary_unary_rpc_method_handler
-    handlers = {
-        "Explain": rpc(servicer.Explain, request_deserializer=_tolerant(pb.ExplainRequest),
-                       response_serializer=pb.ExplainResponse.SerializeToString),
-        "ExplainStream": grpc.unary_stream_rpc_method_handler(
-            servicer.ExplainStream, request_deserializer=_tolerant(pb.ExplainRequest),
-            response_serializer=pb.ExplainEvent.SerializeToString),
-        "Predict": rpc(servicer.Predict, request_deserializer=_tolerant(pb.PredictRequest),
-                       response_serializer=pb.PredictResponse.SerializeToString),
-        "ListModels": rpc(servicer.ListModels, request_deserializer=_tolerant(pb.ListModelsRequest),
-                          response_serializer=pb.ListModelsResponse.SerializeToString),
-    }
-    service = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
-
-
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
         self.backend = backend
@@ -123,12 +76,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     # ------------------------------------------------------------------ RPCs
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
-        async def work(guard: _CallGuard) -> pb.ExplainResponse:
-            return await self._explain(request, guard, None)
-
         if isinstance(request, Undecodable):
             return await self._refuse("Explain", request, context)
-        return await self._handle("Explain", request.model, request.masking, context, work)
+
+        async def work(guard: _CallGuard, checked: CheckedExplainRequest) -> pb.ExplainResponse:
+            return await self._explain(checked, request.image, guard, None)
+
+        return await self._handle("Explain", request.model, request.masking, context, work,
+                                  check=lambda: self._check_explain(request))
 
     async def ExplainStream(self, request: pb.ExplainRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
@@ -140,10 +95,11 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         def progress(done: int, total: int) -> None:
             loop.call_soon_threadsafe(events.put_nowait, pb.ExplainEvent(progress=pb.Progress(done=done, total=total)))
 
-        async def work(guard: _CallGuard) -> pb.ExplainResponse:
-            return await self._explain(request, guard, progress)
+        async def work(guard: _CallGuard, checked: CheckedExplainRequest) -> pb.ExplainResponse:
+            return await self._explain(checked, request.image, guard, progress)
 
-        task = asyncio.ensure_future(self._handle("ExplainStream", request.model, request.masking, context, work))
+        task = asyncio.ensure_future(self._handle("ExplainStream", request.model, request.masking, context, work,
+                                                  check=lambda: self._check_explain(request)))
         try:
             while not task.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
@@ -161,33 +117,38 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         if isinstance(request, Undecodable):
             return await self._refuse("Predict", request, context)
+        model = request.model or self.backend.default_model
 
-        async def work(guard: _CallGuard) -> pb.PredictResponse:
+        def check() -> Callable[[], pb.PredictResponse]:
+            """Every field but the image, before the call queues; returns the compute."""
             self._require_loaded()
-            model = request.model or self.backend.default_model
+            if not request.image:
+                raise InvalidArgument("image: image is empty")
+            masking = masking_name(request.masking)
+            top_k = request.top_k if request.HasField("top_k") else 5
+            visibility = request.WhichOneof("visibility")
+            input_size = self.backend.model(model).input_size
+            mask = packed_mask(request.mask, input_size) if visibility == "mask" else None
+            keep = ((segmentation_from(request.segment_keep.segmentation, "segment_keep.segmentation"),
+                     list(request.segment_keep.keep)) if visibility == "segment_keep" else None)
 
             def run() -> pb.PredictResponse:
-                image = image_from(request.image)
-                masking = masking_name(request.masking)
-                top_k = request.top_k if request.HasField("top_k") else 5
-                visibility = request.WhichOneof("visibility")
-                input_size = self.backend.model(model).input_size
-                mask = packed_mask(request.mask, input_size) if visibility == "mask" else None
-                keep = ((segmentation_from(request.segment_keep.segmentation, "segment_keep.segmentation"),
-                         list(request.segment_keep.keep)) if visibility == "segment_keep" else None)
-                scores = self.backend.predict(model, image, masking, mask, keep, top_k)
+                scores = self.backend.predict(model, image_from(request.image), masking, mask, keep, top_k)
                 return pb.PredictResponse(model=model, predictions=class_scores(scores))
 
+            return run
+
+        async def work(guard: _CallGuard, run: Callable[[], pb.PredictResponse]) -> pb.PredictResponse:
             return await self._compute(guard, run)
 
-        return await self._handle("Predict", request.model, request.masking, context, work)
+        return await self._handle("Predict", request.model, request.masking, context, work, check=check)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         if isinstance(request, Undecodable):
             return await self._refuse("ListModels", request, context)
 
-        async def work(guard: _CallGuard) -> pb.ListModelsResponse:
+        async def work(guard: _CallGuard, checked: None) -> pb.ListModelsResponse:
             self._require_loaded()
             strategies = [MASKING_ENUMS[s] for s in self.backend.strategies()]
             return pb.ListModelsResponse(models=[
@@ -200,8 +161,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     # ---------------------------------------------------------------- common
     async def _refuse(self, rpc: str, request: Undecodable, context: grpc.aio.ServicerContext) -> Any:
-        """Answer request bytes that did not parse (see :func:`add_to_server`) with ``INVALID_ARGUMENT``."""
-        async def work(guard: _CallGuard) -> Any:
+        """Answer request bytes that did not parse (see :mod:`layermask_service.registration`) with
+        ``INVALID_ARGUMENT``."""
+        async def work(guard: _CallGuard, checked: None) -> Any:
             raise InvalidArgument(str(request))
 
         return await self._handle(rpc, "", None, context, work, admit=False)
@@ -210,10 +172,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         if not self.backend.loaded.is_set():
             raise BackendUnavailable(f"{self.backend.waiting_for}; retry when health reports SERVING")
 
-    async def _explain(self, request: pb.ExplainRequest, guard: _CallGuard,
-                       progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
+    def _check_explain(self, request: pb.ExplainRequest) -> CheckedExplainRequest:
         self._require_loaded()
+        checked = check_explain_request(request, self.backend.default_model, self.settings.max_samples)
+        self.backend.model(checked.model)  # ModelNotFound before the call queues
+        return checked
 
+    async def _explain(self, checked: CheckedExplainRequest, image: bytes, guard: _CallGuard,
+                       progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
         def checked_progress(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total)
@@ -221,11 +187,18 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
         def run() -> pb.ExplainResponse:  # decoding and encoding stay off the event loop too
             started = time.perf_counter()
-            job = explain_job(request, self.backend.default_model, self.settings.max_samples)
+            job = checked.with_image(image)
             decode_seconds = time.perf_counter() - started
             self.metrics.stage.labels("decode").observe(decode_seconds)
             explanation = self.backend.explain(job, checked_progress)
-            return explain_response(explanation, job.heatmap_format, decode_seconds)
+            response = explain_response(explanation, job.heatmap_format, decode_seconds)
+            if response.ByteSize() > self.settings.max_message_bytes:
+                # Heatmaps of many labels outgrow the message limit; gRPC would fail the send itself.
+                raise InvalidArgument(f"labels, top_labels, heatmap_format: the response would be "
+                                      f"{response.ByteSize()} bytes, over this server's limit of "
+                                      f"{self.settings.max_message_bytes}; ask for fewer labels, or heatmaps in a "
+                                      "smaller format, or none")
+            return response
 
         return await self._compute(guard, run)
 
@@ -237,20 +210,30 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         except asyncio.CancelledError:
             guard.cancelled.set()
             await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # the compute's Stopped, now of no one's interest: retrieved, so not logged
             raise
 
     async def _handle(self, rpc: str, model: str, masking: int | None, context: grpc.aio.ServicerContext,
-                      work: Callable[[_CallGuard], Any], admit: bool = True) -> Any:
+                      work: Callable[[_CallGuard, Any], Any], admit: bool = True,
+                      check: Callable[[], Any] | None = None) -> Any:
+        """Run ``check`` (the request's fields, off the event loop), then ``work`` with its result, in a
+        compute slot when ``admit``; map every outcome to a status and record it.
+
+        The check runs before admission: a bad request is refused at once, not queued behind good ones
+        or turned away as RESOURCE_EXHAUSTED, which a client would retry.
+        """
         started = time.perf_counter()
         model_label = model or self.backend.default_model
         masking_label = "none" if masking is None else MASKING_NAMES.get(masking, "unknown")
         code, message = grpc.StatusCode.OK, ""
         guard = _CallGuard(context)
         try:
+            checked = None if check is None else await asyncio.get_running_loop().run_in_executor(None, check)
             if admit:
                 async with self.admission.slot():
-                    return await work(guard)
-            return await work(guard)
+                    return await work(guard, checked)
+            return await work(guard, checked)
         except InvalidArgument as error:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
         except ModelNotFound as error:
@@ -262,7 +245,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         except Stopped as error:
             code, message = error.code, "the call ended before the explanation finished; compute stopped"
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            # gRPC cancels the handler both when the client cancels and when its deadline passes.
+            expired = guard.deadline is not None and time.monotonic() >= guard.deadline
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception:  # a bug, here or in the backend (BackendFailed)
             code, message = grpc.StatusCode.INTERNAL, report_internal_error(log, f"serving {rpc}")

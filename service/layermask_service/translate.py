@@ -124,11 +124,28 @@ def segmentation_from(message: pb.Segmentation, field_name: str = "segmentation"
     return RequestedSegmentation(method, {f.name: value for f, value in chosen.ListFields()}, field)
 
 
-def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int) -> ExplainJob:
-    """Check every field of ``request`` that needs no model, and gather the core's options.
+@dataclass(frozen=True)
+class CheckedExplainRequest:
+    """Every field of an ``ExplainRequest`` checked but the image, which is decoded later
+    (:meth:`with_image`), once the call has a compute slot: a bad request is refused at once, never
+    queued, and a queue full of requests holds no decoded images."""
+
+    model: str
+    options: ExplainOptions
+    heatmap_format: HeatmapChoice
+    segmentation: RequestedSegmentation
+
+    def with_image(self, data: bytes) -> ExplainJob:
+        return ExplainJob(self.model, image_from(data), self.options, self.heatmap_format, self.segmentation)
+
+
+def check_explain_request(request: pb.ExplainRequest, default_model: str, max_samples: int) -> CheckedExplainRequest:
+    """Check every field of ``request`` that needs neither the model nor the decoded image.
 
     ``max_samples`` is this server's limit on ``num_samples``.
     """
+    if not request.image:
+        raise InvalidArgument("image: image is empty")
     if request.labels and request.HasField("top_labels"):
         raise InvalidArgument("labels: give either labels or top_labels, not both")
     if request.heatmap_format not in pb.HeatmapFormat.values():
@@ -146,7 +163,12 @@ def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int
     if options.num_samples > max_samples:
         raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.num_samples}")
     heatmap = HeatmapChoice(request.heatmap_format, request.heatmap_view or pb.HEATMAP_VIEW_CROP)
-    return ExplainJob(request.model or default_model, image_from(request.image), options, heatmap, segmentation)
+    return CheckedExplainRequest(request.model or default_model, options, heatmap, segmentation)
+
+
+def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int) -> ExplainJob:
+    """Check every field of ``request`` that needs no model, decode its image, and gather the core's options."""
+    return check_explain_request(request, default_model, max_samples).with_image(request.image)
 
 
 def class_scores(scores: list[ClassScore]) -> list[pb.ClassScore]:

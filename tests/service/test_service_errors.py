@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -176,8 +177,45 @@ def test_full_queue_is_refused_at_once(server: RunningServer) -> None:
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert time.monotonic() - started < 10.0  # at once, not after the 5,000-sample call ahead of it
         assert "busy" in caught.value.details()
+        # A bad request is refused for what is wrong with it, not as "busy" (which a client would
+        # retry), and at once: its fields are checked before it would queue.
+        for bad, field in ((explain_request(b"", num_samples=8), "image:"),
+                           (explain_request(CHELSEA, num_samples=30_000), "num_samples:"),
+                           (explain_request(CHELSEA, model="nope"), "nope")):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.explain(bad)
+            assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), field
+            assert field in caught.value.details() and time.monotonic() - started < 10.0
         running.cancel()
         queued.cancel()
+
+
+def test_a_response_over_the_message_limit_is_refused_naming_the_fields(server: RunningServer) -> None:
+    """Float16 heatmaps of 300 labels (30 MB) would outgrow the 4 MiB limit: gRPC failed the send."""
+    request = explain_request(CHELSEA, segmentation="grid", num_samples=8, top_labels=300,
+                              heatmap_format=pb.HEATMAP_FORMAT_FLOAT16)
+    with ExplainClient(server.target, timeout=120) as client, pytest.raises(grpc.RpcError) as caught:
+        client.explain(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("labels, top_labels, heatmap_format: the response would be")
+
+
+def test_expired_deadlines_are_counted_as_such_and_nothing_is_left_unretrieved(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A deadline that passes is recorded as DEADLINE_EXCEEDED (gRPC cancels the handler either way),
+    and the stopped compute's exception is collected, not logged as "never retrieved"."""
+    before = server.metric("layermask_requests_total", rpc="Explain", code="DEADLINE_EXCEEDED")
+    wait_for(lambda: server.metric("layermask_inflight_requests") == 0, 120, "earlier calls to stop")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with ExplainClient(server.target, timeout=1.0) as client, pytest.raises(grpc.RpcError) as caught:
+            client.explain(explain_request(CHELSEA, segmentation="grid", num_samples=5000))
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(lambda: server.metric("layermask_requests_total", rpc="Explain", code="DEADLINE_EXCEEDED") > before,
+                 60, "the call to be recorded")
+        wait_for(lambda: server.metric("layermask_inflight_requests") == 0, 120, "the compute to stop")
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 def test_sigterm_drains_the_in_flight_call(tmp_path: object) -> None:
