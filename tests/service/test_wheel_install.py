@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -227,15 +228,17 @@ class Serving:
 
 
 @contextlib.contextmanager
-def serve(installed: Installed, cwd: Path, *options: str) -> Iterator[Serving]:
-    """``layermask serve`` of the fresh venv on free loopback ports, run from ``cwd``; killed on exit if still up."""
+def serve(installed: Installed, cwd: Path, *options: str, tmpdir: Path | None = None) -> Iterator[Serving]:
+    """``layermask serve`` of the fresh venv on free loopback ports, run from ``cwd`` (with ``TMPDIR`` set to
+    ``tmpdir`` if given); killed on exit if still up."""
     port, metrics_port = free_port(), free_port()
     log = cwd / "serve.log"
     with open(log, "wb") as output:
         process = subprocess.Popen([str(installed.layermask), "serve", "--host", "127.0.0.1", "--port", str(port),
                                     "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                                     "--grace-seconds", "5", *options],
-                                   cwd=cwd, env=installed.environment, stdout=output, stderr=subprocess.STDOUT)
+                                   cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**installed.environment, **({"TMPDIR": str(tmpdir)} if tmpdir else {})})
     try:
         yield Serving(process, f"127.0.0.1:{port}", log)
     finally:
@@ -326,13 +329,17 @@ def test_serve_starts_torchserve_from_the_installed_package(installed: Installed
     """``--start-torchserve`` runs TorchServe on the fresh venv's interpreter, whose workers load the archived
     handler against the installed layermask; stopping the service stops TorchServe."""
     config = torchserve_config(installed, tmp_path)
-    # TorchServeProcess runs TorchServe in .torchserve/ of the working directory, with its TMPDIR there.
-    pid_file = tmp_path / ".torchserve" / "tmp" / ".model_server.pid"
+    # TorchServeProcess keeps TorchServe's files in a new directory under TMPDIR (never in the working
+    # directory, which may be read-only), with TorchServe's own TMPDIR inside it.
+    scratch = Path(tempfile.mkdtemp(prefix="lm-", dir="/tmp"))  # short: TorchServe's sockets go below it
+    pid_file = tmp_path / "no-pid-file-yet"
     try:
         with serve(installed, tmp_path, "--start-torchserve", str(model_store), "--torchserve-config",
-                   str(config)) as serving:
+                   str(config), tmpdir=scratch) as serving:
             wait_until_serving(serving, TORCHSERVE_BOUND_S)
+            (pid_file,) = scratch.glob("layermask-torchserve-*/tmp/.model_server.pid")
             assert frontend_group(pid_file) is not None
+            assert not (tmp_path / ".torchserve").exists()
             check_one_explanation(serving.target)
             stop_with_sigterm(serving)
             assert frontend_group(pid_file) is None, "TorchServe outlived the service"
@@ -340,3 +347,4 @@ def test_serve_starts_torchserve_from_the_installed_package(installed: Installed
         group = frontend_group(pid_file)
         if group is not None and group != os.getpgrp():  # left behind when the service was killed
             os.killpg(group, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)

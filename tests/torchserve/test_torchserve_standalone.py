@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layermask_service.torchserve.process import free_port, parse_properties
+from layermask_service.torchserve.process import free_port, parse_properties, scratch_directory
 from layermask_service.torchserve.resources import CONFIG, METRICS, copy_resource, read_resource
 from tests.helpers.service import RunningServer, wait_for
 from tests.helpers.torchserve import MODEL
@@ -68,3 +69,15 @@ def test_standalone_torchserve_needs_a_model(models: str, tmp_path: Path) -> Non
     result = subprocess.run([sys.executable, "-m", "layermask_service.cli", "torchserve", "--model-store",
                              str(tmp_path), "--models", models], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--models" in result.stderr
+
+
+def test_a_deep_workdir_gets_a_short_scratch_directory_for_the_worker_sockets(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["d" * 20] * 5)
+    deep.mkdir(parents=True)
+    scratch = scratch_directory(deep)
+    try:
+        assert len(str(scratch / ".ts.sock.9000")) <= 107 and scratch.is_dir()
+        assert scratch_directory(Path("/tmp")) == Path("/tmp/tmp")
+    finally:
+        if deep not in scratch.parents:
+            shutil.rmtree(scratch)

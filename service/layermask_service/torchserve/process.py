@@ -95,6 +95,7 @@ class TorchServeProcess:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="layermask-torchserve-")).resolve()
         self.process: subprocess.Popen[bytes] | None = None
+        self._scratch: Path | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -130,8 +131,8 @@ class TorchServeProcess:
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         # TorchServe keeps its pid file (TMPDIR), worker sockets and unpacked archives (TEMP) in
         # temporary directories; a directory of its own lets several run on one host.
-        scratch = self.workdir / "tmp"
-        scratch.mkdir(exist_ok=True)
+        scratch = scratch_directory(self.workdir)
+        self._scratch = scratch
         environment = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
                        "METRICS_LOCATION": str(self.workdir / "logs"), "TEMP": str(scratch), "TMPDIR": str(scratch)}
         command = [*launcher, "--start", "--foreground", "--ncs",
@@ -195,6 +196,8 @@ class TorchServeProcess:
 
     def close(self) -> None:
         self.stop()
+        if self._scratch is not None and self.workdir not in self._scratch.parents:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -204,6 +207,20 @@ class TorchServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+MAX_SCRATCH_PATH = 80
+"""TorchServe's worker sockets are ``<TMPDIR>/.ts.sock.<port>``; an AF_UNIX path holds at most 107 bytes."""
+
+
+def scratch_directory(workdir: Path) -> Path:
+    """TorchServe's TMPDIR: ``workdir/tmp``, or a new directory under /tmp when that path is too long for
+    the worker sockets (a deep working directory made every worker fail with "AF_UNIX path too long")."""
+    scratch = workdir / "tmp"
+    if len(str(scratch)) > MAX_SCRATCH_PATH:
+        return Path(tempfile.mkdtemp(prefix="lm-ts-", dir="/tmp"))
+    scratch.mkdir(exist_ok=True)
+    return scratch
 
 
 def is_healthy(health: str) -> bool:
