@@ -344,7 +344,8 @@ def test_serve_starts_torchserve_from_the_installed_package(installed: Installed
             stop_with_sigterm(serving)
             assert frontend_group(pid_file) is None, "TorchServe outlived the service"
     finally:
-        group = frontend_group(pid_file)
-        if group is not None and group != os.getpgrp():  # left behind when the service was killed
-            os.killpg(group, signal.SIGKILL)
+        for leftover in [pid_file, *scratch.glob("layermask-torchserve-*/tmp/.model_server.pid")]:
+            group = frontend_group(leftover)
+            if group is not None and group != os.getpgrp():  # left behind when the service was killed
+                os.killpg(group, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
