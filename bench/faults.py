@@ -15,6 +15,9 @@ Each run checks the goals: no call outlives its deadline (plus :data:`HANG_SLACK
 failure has a status a client can act on (never INTERNAL), and the service recovers on its own.
 The tests in tests/service/test_faults.py and tests/torchserve/test_torchserve_faults.py run the
 same functions (imported as ``bench.faults``).
+
+(Over 300 lines: the four fault runs share the service and TorchServe set-up and the status
+accounting; the tests import them from here.)
 """
 
 from __future__ import annotations

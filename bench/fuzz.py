@@ -20,6 +20,9 @@ the ``internal error`` lines of its log, and its RSS (``VmRSS`` of /proc/PID/sta
 ``--warmup`` requests ("before") and at the end ("after"), with the growth in percent (goal < 10 %).
 
     .venv/bin/python bench/fuzz.py [--count 10000] [--max-seconds 1800] [--seed 0] [--warmup 300]
+
+(Over 300 lines: the generators of every request kind and the run that replays any index with
+``--only`` stay in one script, so that one file reproduces the figures in docs/reliability.md.)
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ whether any call outlived its deadline (a hang). Prints a Markdown table and JSO
 
 The pieces (:class:`ServiceProcess`, :func:`make_requests`, :func:`drive`, :func:`summarize`) are
 also used by bench/faults.py and the fault tests (imported there as ``bench.load``).
+
+(Over 300 lines: one script reproduces the load table end to end: the service and TorchServe
+started, the traffic, the report.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ or a crash), and the server is still SERVING afterwards. Requests drawn only fro
 
 Cheap by construction: images of 16–64 px, at most 16 samples, a server whose ``max_samples`` is 32
 (larger values are refused at once), a deadline per call, and a fixed number of derandomised examples.
+
+(Over 300 lines: the strategies for every request field and the properties and regression
+cases that use them belong together.)
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ with nothing in its environment pointing at the checkout.
 
 (Over 300 lines: one build-and-install fixture chain shared by every step; split, each module would
 build and install the wheel again.)
+
+(Over 300 lines: every test shares one fresh venv, built once from the wheel.)
 """
 
 from __future__ import annotations
