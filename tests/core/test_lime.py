@@ -10,34 +10,16 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics.pairwise import cosine_distances
-from torch import nn
 
 import layermask
 from layermask.explanation.lime import explain, rows_to_masks, sample_perturbations, sample_weights
 from layermask.models.preprocessing import Preprocessing
-
-
-class LeftHalfDetector(nn.Module):
-    """Class 0's logit is the mean over visible pixels of +1 on the left half and −1 on the right."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1, bias=False)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(1, 3)
-        with torch.no_grad():
-            self.conv.weight.fill_(1.0 / 3)
-            self.head.weight.copy_(torch.tensor([[4.0], [0.0], [-4.0]]))
-            self.head.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.conv(x)).flatten(1))
+from tests.helpers.tiny_model import tiny_model as tiny_classifier
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> layermask.LoadedModel:
-    preprocessing = Preprocessing(input_size=(64, 64), resize_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    return layermask.LoadedModel("left_half", LeftHalfDetector().eval(), preprocessing, ["left", "none", "right"])
+    return tiny_classifier(Preprocessing(input_size=(64, 64), resize_size=64, mean=(0.5,) * 3, std=(0.5,) * 3))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def split_image() -> np.ndarray:
 def test_weights_point_at_the_evidence(tiny_model: layermask.LoadedModel, split_image: np.ndarray) -> None:
     explanation = explain(tiny_model, split_image, segmentation="grid", segmentation_params={"patch_size": 16},
                           num_samples=300, seed=1)
-    assert explanation.labels == [0] and explanation.top_predictions[0].name == "left"
+    assert explanation.labels == [0] and explanation.top_predictions[0].name == "bright"
     columns = np.arange(16) % 4  # grid segments are numbered row by row, four per row
     weights = explanation.explanations[0].weights
     assert weights[columns < 2].min() > 0 > weights[columns >= 2].max()
