@@ -43,41 +43,26 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-if __package__:  # imported as bench.faults (the tests)
-    from bench.load import (
-        ACTIONABLE,
-        HANG_SLACK_SECONDS,
-        MODEL,
-        SERVING,
-        Outcome,
-        Planned,
-        ServiceProcess,
-        _one,
-        drive,
-        make_requests,
-        tiny_png,
-        torchserve_workers,
-        valid_request,
-        wait_until,
-    )
-else:  # run as a script: load.py lies next to this file (and takes bench/ off sys.path)
-    from load import (
-        ACTIONABLE,
-        HANG_SLACK_SECONDS,
-        MODEL,
-        SERVING,
-        Outcome,
-        Planned,
-        ServiceProcess,
-        _one,
-        drive,
-        make_requests,
-        tiny_png,
-        torchserve_workers,
-        valid_request,
-        wait_until,
-    )
+if not __package__:  # run as a script: drop bench/ from sys.path (it would shadow onnx and lime), import bench.*
+    import _unshadow  # noqa: F401
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.load import (
+    ACTIONABLE,
+    HANG_SLACK_SECONDS,
+    MODEL,
+    SERVING,
+    Outcome,
+    Planned,
+    ServiceProcess,
+    _one,
+    drive,
+    make_requests,
+    tiny_png,
+    torchserve_workers,
+    valid_request,
+    wait_until,
+)
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
 from layermask_service.torchserve.archive import ArchiveSettings, build_archive
 from layermask_service.torchserve.process import PORT_KEYS, TorchServeProcess
