@@ -158,7 +158,7 @@ def plan_explanation(model: LoadedModel, image: ImageLike, options: ExplainOptio
     timings = {"segmentation": time.perf_counter() - started}
     num_segments = int(segments.max()) + 1
     if perturbations is None:
-        rows = sample_perturbations(options.num_samples, num_segments, options.keep_probability, options.seed)
+        rows = sample_perturbations(options.sample_budget, num_segments, options.keep_probability, options.seed)
     else:
         rows = _check_perturbations(perturbations, num_segments)
     tensor = model.preprocessing.normalise(crop).unsqueeze(0)

@@ -24,7 +24,14 @@ from layermask.explanation.segmentation import DEFAULT_MAX_SEGMENTS, segmentatio
 from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.registry import LoadedModel
 
-__all__ = ["ExplainOptions"]
+__all__ = ["AUTO", "DEFAULT_METHOD", "METHODS", "AdaptiveSampling", "ExplainOptions", "OcclusionWindow"]
+
+METHODS = ("lime", "kernel_shap", "occlusion")
+"""The explanation methods, in the order the CLI, the proto and the docs list them."""
+DEFAULT_METHOD = "lime"
+AUTO = "auto"
+"""``num_samples=AUTO``: sample in batches until the weights settle (see :class:`AdaptiveSampling`)."""
+ADAPTIVE_METHODS = ("lime", "kernel_shap")
 
 
 def _is_integer(value: object) -> TypeGuard[numbers.Integral]:
@@ -64,10 +71,66 @@ def _real(name: str, value: object) -> float:
 
 
 @dataclass(frozen=True)
+class AdaptiveSampling:
+    """When ``num_samples="auto"`` stops sampling.
+
+    Rows are scored ``batch`` at a time and the weights refitted after each batch; sampling stops
+    once the explained label's weights have a cosine similarity of at least ``tolerance`` with the
+    fit one batch earlier *and* the ``top_k`` segments are unchanged for two consecutive checks,
+    or at ``max_samples`` rows.
+    """
+
+    tolerance: float = 0.99
+    top_k: int = 5
+    batch: int = 64
+    max_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        tolerance = _real("adaptive.tolerance", self.tolerance)
+        if not 0.0 < tolerance <= 1.0:
+            raise InvalidOptionError("adaptive.tolerance", f"must be in (0, 1], got {self.tolerance!r}")
+        object.__setattr__(self, "tolerance", tolerance)
+        object.__setattr__(self, "top_k", _integer("adaptive.top_k", self.top_k, 1, "an integer of at least 1"))
+        object.__setattr__(self, "batch", _integer("adaptive.batch", self.batch, 2, "an integer of at least 2"))
+        maximum = _integer("adaptive.max_samples", self.max_samples, 2, "an integer of at least 2")
+        if maximum < self.batch:
+            raise InvalidOptionError("adaptive.max_samples", f"must be at least adaptive.batch ({self.batch}), "
+                                                             f"got {maximum}")
+        object.__setattr__(self, "max_samples", maximum)
+
+
+@dataclass(frozen=True)
+class OcclusionWindow:
+    """The sliding window of ``method="occlusion"``: a ``window``×``window`` square moved by ``stride``
+    pixels over the model's input crop (the last window of a row or column is aligned with the edge)."""
+
+    window: int = 32
+    stride: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", _integer("occlusion.window", self.window, 1, "a positive integer"))
+        object.__setattr__(self, "stride", _integer("occlusion.stride", self.stride, 1, "a positive integer"))
+
+
+def _sub_options(name: str, value: object, kind: type[Any]) -> Any:
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return kind(**value)
+        except TypeError as error:
+            raise InvalidOptionError(name, f"unknown parameter in {dict(value)!r}; the parameters are "
+                                           f"{', '.join(f.name for f in dataclasses.fields(kind))}") from error
+    raise InvalidOptionError(name, f"must be a {kind.__name__} or a mapping, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
 class ExplainOptions:
     """How to explain a prediction with LIME (see :func:`layermask.explain`).
 
     Attributes:
+        method: the explanation method: ``lime`` (a weighted ridge fit), ``kernel_shap`` (Shapley
+            values of the segments) or ``occlusion`` (a sliding window); see :data:`METHODS`.
         masking: how hidden segments are removed: one of :data:`~layermask.MASKING_STRATEGIES`.
         segmentation: a method (``quickshift``, ``slic``, ``felzenszwalb``, ``grid``) or an integer
             label map, drawn either at the model's input size or on the original image (then
@@ -75,7 +138,11 @@ class ExplainOptions:
         segmentation_params: the method's parameters; stored completed with their defaults.
             A label map takes none.
         max_segments: the most segments a segmentation may have.
-        num_samples: perturbations sampled (rows of the keep-matrix, the first all ones).
+        num_samples: perturbations sampled (rows of the keep-matrix, the first all ones), or
+            ``"auto"`` (``lime`` and ``kernel_shap``) to sample until the weights settle, as
+            ``adaptive`` says. Occlusion takes one row per window and ignores it.
+        adaptive: when ``num_samples="auto"`` stops (an :class:`AdaptiveSampling` or a mapping).
+        occlusion: the window of ``method="occlusion"`` (an :class:`OcclusionWindow` or a mapping).
         keep_probability: the probability, in (0, 1], that a segment is kept in a sampled row.
         kernel_width: width of LIME's exponential kernel on the cosine distance to the all-ones row.
         labels: the classes to explain, in this order; if ``None``, the ``top_labels`` classes of
@@ -90,16 +157,19 @@ class ExplainOptions:
     """
 
     masking: str = DEFAULT_MASKING
+    method: str = DEFAULT_METHOD
     segmentation: str | np.ndarray = "quickshift"
     segmentation_params: Mapping[str, Any] = field(default_factory=dict)
     max_segments: int = DEFAULT_MAX_SEGMENTS
-    num_samples: int = 1000
+    num_samples: int | str = 1000
     keep_probability: float = 0.5
     kernel_width: float = 0.25
     labels: Sequence[int] | None = None
     top_labels: int = 1
     seed: int = 0
     batch_size: int | None = None
+    adaptive: AdaptiveSampling = field(default_factory=AdaptiveSampling)
+    occlusion: OcclusionWindow = field(default_factory=OcclusionWindow)
 
     def __post_init__(self) -> None:
         def store(name: str, value: object) -> None:
@@ -108,9 +178,18 @@ class ExplainOptions:
         if self.masking not in MASKING_STRATEGIES:
             raise InvalidOptionError("masking", f"unknown strategy {self.masking!r}; "
                                                 f"choose one of {', '.join(MASKING_STRATEGIES)}")
+        if self.method not in METHODS:
+            raise InvalidOptionError("method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         store("segmentation_params", self._checked_segmentation())
         store("max_segments", _integer("max_segments", self.max_segments, 2, "an integer of at least 2"))
-        store("num_samples", _integer("num_samples", self.num_samples, 2, "an integer of at least 2"))
+        if self.num_samples == AUTO:
+            if self.method not in ADAPTIVE_METHODS:
+                raise InvalidOptionError("num_samples", f"'auto' works for {' and '.join(ADAPTIVE_METHODS)}, "
+                                                        f"not {self.method}")
+        else:
+            store("num_samples", _integer("num_samples", self.num_samples, 2, "an integer of at least 2 or 'auto'"))
+        store("adaptive", _sub_options("adaptive", self.adaptive, AdaptiveSampling))
+        store("occlusion", _sub_options("occlusion", self.occlusion, OcclusionWindow))
         keep = _real("keep_probability", self.keep_probability)
         if not 0.0 < keep <= 1.0:
             raise InvalidOptionError("keep_probability", f"must be in (0, 1], got {self.keep_probability!r}")
@@ -167,6 +246,17 @@ class ExplainOptions:
         return tuple(int(label) for label in labels)
 
     @property
+    def adaptive_sampling(self) -> bool:
+        """Whether the sample count is chosen as the run goes (``num_samples="auto"``)."""
+        return self.num_samples == AUTO
+
+    @property
+    def sample_budget(self) -> int:
+        """The most rows a LIME or KernelSHAP run may score: ``num_samples``, or ``adaptive.max_samples``
+        for ``"auto"``."""
+        return self.adaptive.max_samples if isinstance(self.num_samples, str) else self.num_samples
+
+    @property
     def segmentation_method(self) -> str:
         """The segmentation's name: the method, or ``"label_map"``."""
         return self.segmentation if isinstance(self.segmentation, str) else "label_map"
@@ -183,8 +273,12 @@ class ExplainOptions:
         return dataclasses.replace(self, **changes)
 
     def check_model(self, model: LoadedModel) -> None:
-        """Check the fields that depend on ``model``: the labels against its class count."""
+        """Check the fields that depend on ``model``: the labels against its class count, the occlusion
+        window against its input size."""
         classes = model.num_classes
+        if self.method == "occlusion" and self.occlusion.window > min(model.input_size):
+            raise InvalidOptionError("occlusion.window", f"must be at most the model's input size "
+                                                         f"{min(model.input_size)}, got {self.occlusion.window}")
         if self.labels is not None:
             bad = [label for label in self.labels if label >= classes]
             if bad:

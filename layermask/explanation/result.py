@@ -70,6 +70,8 @@ class Explanation:
     timings: dict[str, float] = field(default_factory=dict)
     original: np.ndarray | None = field(default=None, repr=False)
     preprocessing: Preprocessing | None = None
+    method: str = "lime"
+    converged: bool | None = None
 
     @property
     def labels(self) -> list[int]:
@@ -166,11 +168,13 @@ class Explanation:
         """A JSON-serialisable dictionary of everything except the image pixels."""
         return {
             "model": self.model,
+            "method": self.method,
             "masking": self.masking,
             "segmentation": self.segmentation,
             "segmentation_params": self.segmentation_params,
             "seed": self.seed,
             "num_samples": self.num_samples,
+            "converged": self.converged,
             "keep_probability": self.keep_probability,
             "kernel_width": self.kernel_width,
             "num_segments": self.num_segments,

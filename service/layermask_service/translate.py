@@ -160,8 +160,8 @@ def check_explain_request(request: pb.ExplainRequest, default_model: str, max_sa
                                  **scalars)
     except InvalidOptionError as error:
         raise option_error(error, segmentation) from None
-    if options.num_samples > max_samples:
-        raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.num_samples}")
+    if options.sample_budget > max_samples:
+        raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.sample_budget}")
     heatmap = HeatmapChoice(request.heatmap_format, request.heatmap_view or pb.HEATMAP_VIEW_CROP)
     return CheckedExplainRequest(request.model or default_model, options, heatmap, segmentation)
 

@@ -54,7 +54,7 @@ def test_client_label_map(coffee_jpeg: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["{missing}"], "image file not found"),
     (["{corrupt}"], "not a PNG, JPEG or WebP image"),
-    (["{photo}", "--samples", "1"], "num_samples: must be an integer of at least 2"),
+    (["{photo}", "--samples", "1"], "num_samples: must be an integer of at least 2 or 'auto'"),
     (["{photo}", "--max-segments", "1"], "max_segments: must be an integer of at least 2"),
     (["{photo}", "--segmentation", "slic:n_segments=many"], "slic parameter n_segments must be int"),
     (["{photo}", "--segmentation", "blobs"], "unknown segmentation 'blobs'"),

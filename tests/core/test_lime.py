@@ -101,7 +101,7 @@ def test_progress_counts_up_and_can_cancel(tiny_model: layermask.LoadedModel, sp
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"num_samples": 1}, "num_samples: must be an integer of at least 2, got 1"),
+    ({"num_samples": 1}, "num_samples: must be an integer of at least 2 or 'auto', got 1"),
     ({"keep_probability": 0.0}, "keep_probability: "),
     ({"kernel_width": -1.0}, "kernel_width: "),
     ({"seed": -3}, "seed: "),
