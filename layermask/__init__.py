@@ -1,8 +1,9 @@
-"""layermask: LIME explanations for image CNNs with layer masking (Balasubramanian & Feizi, ICCV 2023)."""
+"""layermask: LIME, KernelSHAP and occlusion explanations for image CNNs with layer masking (Balasubramanian &
+Feizi, ICCV 2023)."""
 
 from layermask.errors import InvalidOptionError, UnsupportedLayerError
 from layermask.explanation.lime import explain
-from layermask.explanation.options import ExplainOptions
+from layermask.explanation.options import METHODS, AdaptiveSampling, ExplainOptions, OcclusionWindow
 from layermask.explanation.plotting import plot
 from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
 from layermask.masking import MASKING_STRATEGIES, Masker, get_masker
@@ -12,6 +13,8 @@ from layermask.transform import LayerMaskedModel, layer_mask
 __all__ = [
     "DEFAULT_MODEL",
     "MASKING_STRATEGIES",
+    "METHODS",
+    "AdaptiveSampling",
     "ClassScore",
     "ExplainOptions",
     "Explanation",
@@ -20,6 +23,7 @@ __all__ = [
     "LayerMaskedModel",
     "LoadedModel",
     "Masker",
+    "OcclusionWindow",
     "Preprocessing",
     "UnsupportedLayerError",
     "explain",

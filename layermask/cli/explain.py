@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from layermask.explanation.options import ExplainOptions
+from layermask.explanation.options import AUTO, METHODS, AdaptiveSampling, ExplainOptions, OcclusionWindow
 from layermask.explanation.segmentation import SEGMENTATIONS
 from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.registry import DEFAULT_MODEL
@@ -17,14 +17,26 @@ from layermask.models.registry import DEFAULT_MODEL
 __all__ = ["ProgressBar", "add_explain_command", "parse_segmentation", "run_explain"]
 
 _DEFAULTS = ExplainOptions()
+_ADAPTIVE = AdaptiveSampling()
+_OCCLUSION = OcclusionWindow()
+
+
+def _samples(text: str) -> int | str:
+    """``--samples``: an integer or ``auto``; anything else goes on to be refused by :class:`ExplainOptions`."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def add_explain_command(commands: Any) -> None:
     """``layermask explain``; its options' defaults are :class:`ExplainOptions`'s, and it checks none of them."""
-    explain = commands.add_parser("explain", help="explain a prediction with layer-masked LIME")
+    explain = commands.add_parser("explain", help="explain a prediction with layer-masked LIME, KernelSHAP or "
+                                                   "occlusion")
     explain.add_argument("image", type=Path, help="PNG, JPEG or WebP file")
     explain.add_argument("--model", default=DEFAULT_MODEL)
     explain.add_argument("--weights", type=Path, help="local state-dict file (torchvision architectures)")
+    explain.add_argument("--method", choices=METHODS, default=_DEFAULTS.method)
     explain.add_argument("--masking", choices=MASKING_STRATEGIES, default=DEFAULT_MASKING)
     explain.add_argument("--segmentation", default=_DEFAULTS.segmentation_method, metavar="METHOD[:k=v,...]",
                          help=f"one of {', '.join(SEGMENTATIONS)} with optional parameters, "
@@ -32,7 +44,16 @@ def add_explain_command(commands: Any) -> None:
     explain.add_argument("--segments-file", type=Path,
                          help="a .npy integer label map at the model's input size or at the image's")
     explain.add_argument("--max-segments", type=int, default=_DEFAULTS.max_segments)
-    explain.add_argument("--samples", type=int, default=_DEFAULTS.num_samples, help="LIME's num_samples")
+    explain.add_argument("--samples", type=_samples, default=_DEFAULTS.num_samples,
+                         help=f"perturbations to score (lime, kernel_shap), or {AUTO!r} to stop when the weights "
+                              "settle")
+    explain.add_argument("--tolerance", type=float, default=_ADAPTIVE.tolerance,
+                         help="--samples auto: the cosine similarity between successive fits that counts as settled")
+    explain.add_argument("--max-samples", type=int, default=_ADAPTIVE.max_samples,
+                         help="--samples auto: the most perturbations to score")
+    explain.add_argument("--window", type=int, default=_OCCLUSION.window,
+                         help="occlusion: the square window's side, in pixels of the model's input crop")
+    explain.add_argument("--stride", type=int, default=_OCCLUSION.stride, help="occlusion: the window's step")
     explain.add_argument("--keep-probability", type=float, default=_DEFAULTS.keep_probability)
     explain.add_argument("--kernel-width", type=float, default=_DEFAULTS.kernel_width)
     explain.add_argument("--seed", type=int, default=_DEFAULTS.seed)
@@ -65,12 +86,21 @@ class ProgressBar:
     def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
         self.stream = stream
         self.width = width
+        self.open = False
 
     def __call__(self, done: int, total: int) -> None:
         filled = self.width * done // max(total, 1)
-        end = "\n" if done >= total else ""
+        self.open = done < total
+        end = "" if self.open else "\n"
         self.stream.write(f"\rsampling [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}{end}")
         self.stream.flush()
+
+    def close(self) -> None:
+        """End the line of a bar that stopped short of its total (``--samples auto`` that converged)."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
 
 
 def explain_options(args: argparse.Namespace) -> ExplainOptions:
@@ -84,9 +114,12 @@ def explain_options(args: argparse.Namespace) -> ExplainOptions:
     else:
         segmentation, params = parse_segmentation(args.segmentation)
     return ExplainOptions(
-        masking=args.masking, segmentation=segmentation, segmentation_params=params, max_segments=args.max_segments,
+        method=args.method, masking=args.masking,
+        segmentation=segmentation, segmentation_params=params, max_segments=args.max_segments,
         num_samples=args.samples, keep_probability=args.keep_probability, kernel_width=args.kernel_width,
         labels=args.label, top_labels=args.top_labels, seed=args.seed, batch_size=args.batch_size,
+        adaptive=AdaptiveSampling(tolerance=args.tolerance, max_samples=args.max_samples),
+        occlusion=OcclusionWindow(args.window, args.stride),
     )
 
 
@@ -98,10 +131,17 @@ def run_explain(args: argparse.Namespace) -> None:
     image = load_image(args.image)
     options = explain_options(args)  # before the slow model load
     model = load_model(args.model, args.weights)
-    explanation = explain(model, image, options, progress=None if args.no_progress else ProgressBar())
+    bar = None if args.no_progress else ProgressBar()
+    try:
+        explanation = explain(model, image, options, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     print("top predictions:")
     for prediction in explanation.top_predictions:
         print(f"  {prediction.label:4d} {prediction.name:<30} {prediction.probability:7.2%}")
+    converged = {None: "", True: ", converged", False: ", not converged"}[explanation.converged]
+    print(f"{explanation.method}: {explanation.num_samples} samples{converged}, {explanation.num_segments} segments")
     for label, result in explanation.explanations.items():
         print(f"label {label} ({result.name}): R² {result.score:.3f}, local prediction {result.local_prediction:.3f}")
         for segment, weight in explanation.top_segments(label, k=5):

@@ -1,93 +1,74 @@
-"""Batched LIME with any masking strategy.
+"""Batched LIME with any masking strategy, and the entry points of every method.
 
 The options of a run are an :class:`~layermask.explanation.options.ExplainOptions`, checked when
 it is made; :func:`plan_explanation` checks them against the model and the image. Then the
-algorithm, step by step (each step is a function below):
+algorithm, step by step (each step is a function below or in :mod:`~layermask.explanation.engine`):
 
-1. :func:`segment_crop`: segment the image the model sees (the preprocessed crop);
+1. :func:`~layermask.explanation.engine.segment_crop`: segment the image the model sees (the preprocessed crop);
 2. :func:`sample_perturbations`: a binary keep-matrix ``Z`` (samples × segments), each segment
    kept with ``keep_probability``, the first row all ones;
-3. :func:`predict_perturbations`: score the rows batch by batch through a
+3. :func:`~layermask.explanation.engine.predict_perturbations`: score the rows batch by batch through a
    :data:`~layermask.explanation.scoring.Scorer`, which turns rows into pixel masks and runs the masked model,
    keeping only the probabilities of the explained labels (memory does not grow with the number
    of samples, and for ``layer`` only masks are built per sample, never image copies);
 4. :func:`sample_weights`: ``sqrt(exp(-d² / w²))`` with ``d`` the cosine distance of each row to
    the all-ones row;
 5. :func:`fit_label`: a weighted ``Ridge(alpha=1)`` per label, as the ``lime`` package does.
+
+``method="kernel_shap"`` (:mod:`~layermask.explanation.kernel_shap`) and ``method="occlusion"``
+(:mod:`~layermask.explanation.occlusion`) replace steps 2, 4 and 5; ``num_samples="auto"``
+(:mod:`~layermask.explanation.adaptive`) scores the rows of step 3 in batches until the fit settles.
+The entry points here (:func:`plan_explanation`, :func:`finish_explanation`, :func:`explain`,
+:func:`explain_many`) serve every method.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.linear_model import Ridge
 from sklearn.metrics import pairwise_distances
 
 from layermask import allocator
 from layermask.errors import InvalidOptionError
+from layermask.explanation.adaptive import sample_adaptively
+from layermask.explanation.engine import (
+    ExplanationPlan,
+    Fit,
+    LabelFit,
+    Progress,
+    check_perturbations,
+    choose_labels,
+    default_batch_size,
+    make_explanation,
+    predict_perturbations,
+    segment_crop,
+)
+from layermask.explanation.kernel_shap import fit_kernel_shap, paired_batch, plan_coalitions
+from layermask.explanation.occlusion import fit_occlusion, occlusion_rows
 from layermask.explanation.options import ExplainOptions
-from layermask.explanation.result import ClassScore, Explanation, LabelExplanation
+from layermask.explanation.result import ClassScore, Explanation
 from layermask.explanation.scoring import LocalScorer, Scorer, ScoringJob, rows_to_masks, score_jobs
-from layermask.explanation.segmentation import segment
-from layermask.models.preprocessing import ImageLike, Preprocessing, to_rgb_image
+from layermask.models.preprocessing import ImageLike, to_rgb_image
 from layermask.models.registry import LoadedModel
 
-__all__ = ["explain", "explain_many", "finish_explanation", "plan_explanation", "rows_to_masks", "sample_perturbations"]
-
-Progress = Callable[[int, int], None]
-
-# Measured on the 2-core CPU machines (docs/benchmarks.md, interleaved in one process): with the
-# band-only fill and freed memory kept for reuse, the layer-masked EfficientNet-Lite0 takes 11.1,
-# 10.6, 10.3 and 10.3 ms per image at batch 8, 16, 32 and 64. Only the CPU has been measured;
-# other devices use the CPU figure until they are.
-DEFAULT_BATCH_SIZE = {"cpu": 32}
-
-
-def segment_crop(pixels: np.ndarray, image_size: tuple[int, int], preprocessing: Preprocessing,
-                 options: ExplainOptions) -> np.ndarray:
-    """The segments of the crop ``pixels`` (H×W×3 uint8) as ``options`` ask.
-
-    A label map is used as it is at the crop's size; one at ``image_size``, the original image's
-    (height, width), is resized and cropped like the image.
-    """
-    segmentation = options.segmentation
-    if isinstance(segmentation, np.ndarray) and segmentation.shape != pixels.shape[:2]:
-        if segmentation.shape != image_size:
-            raise InvalidOptionError("segmentation", f"shape {segmentation.shape} matches neither the image "
-                                                     f"{image_size} nor the model's input size {pixels.shape[:2]}")
-        segmentation = preprocessing.crop_label_map(segmentation)
-    return segment(pixels, segmentation, options.segmentation_params, options.max_segments)
+__all__ = ["ExplanationPlan", "default_batch_size", "explain", "explain_many", "finish_explanation",
+           "plan_explanation", "rows_to_masks", "sample_perturbations", "segment_crop"]
 
 
 def sample_perturbations(num_samples: int, num_segments: int, keep_probability: float, seed: int) -> np.ndarray:
-    """Binary keep-matrix (``uint8``, samples × segments); row 0 keeps everything."""
+    """Binary keep-matrix (``uint8``, samples × segments); row 0 keeps everything.
+
+    The generator fills the matrix row by row, so the first ``n`` rows are the same whatever
+    ``num_samples`` is (what ``num_samples="auto"`` relies on).
+    """
     rng = np.random.default_rng(seed)
     rows = (rng.random((num_samples, num_segments)) < keep_probability).astype(np.uint8)
     rows[0] = 1
     return rows
-
-
-def predict_perturbations(scorer: Scorer, plan: ExplanationPlan, labels: Sequence[int], batch_size: int,
-                          progress: Progress | None = None) -> np.ndarray:
-    """Probabilities of ``labels`` for every row of ``plan`` (samples × labels, float64), batch by batch.
-
-    Each batch is one :class:`~layermask.explanation.scoring.ScoringJob` for ``scorer``. ``progress(done,
-    total)`` is called after each batch; an exception it raises stops the run there (how callers
-    cancel).
-    """
-    rows = plan.rows
-    out = np.empty((len(rows), len(labels)), dtype=np.float64)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        out[start : start + len(batch)] = scorer(plan.job(batch, tuple(labels)))
-        if progress is not None:
-            progress(start + len(batch), len(rows))
-    return out
 
 
 def sample_weights(rows: np.ndarray, kernel_width: float) -> np.ndarray:
@@ -96,7 +77,7 @@ def sample_weights(rows: np.ndarray, kernel_width: float) -> np.ndarray:
     return np.sqrt(np.exp(-(distances**2) / kernel_width**2))
 
 
-def fit_label(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+def fit_label(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> LabelFit:
     """Weighted ridge fit: ``(coefficients, intercept, weighted R², prediction at the all-ones row)``."""
     regression = Ridge(alpha=1.0, fit_intercept=True)
     regression.fit(rows, targets, sample_weight=weights)
@@ -105,44 +86,19 @@ def fit_label(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tup
     return regression.coef_.astype(np.float64), float(regression.intercept_), score, local
 
 
-def default_batch_size(device: torch.device | str = "cpu") -> int:
-    return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE["cpu"])
+def fit_lime(plan: ExplanationPlan, rows: np.ndarray, targets: np.ndarray) -> list[LabelFit]:
+    """Steps 4 and 5 for each label (column of ``targets``)."""
+    weights = sample_weights(rows, plan.options.kernel_width)
+    return [fit_label(rows, targets[:, column], weights) for column in range(targets.shape[1])]
 
 
-def _check_perturbations(rows: np.ndarray, num_segments: int) -> np.ndarray:
-    rows = np.asarray(rows)
-    if rows.ndim != 2 or rows.shape[1] != num_segments:
-        raise InvalidOptionError("perturbations", f"must be samples × {num_segments} segments, got shape {rows.shape}")
-    if rows.shape[0] < 2 or not np.isin(rows, (0, 1)).all():
-        raise InvalidOptionError("perturbations", "must hold at least two rows of 0s and 1s")
-    return rows.astype(np.uint8)
-
-
-@dataclass
-class ExplanationPlan:
-    """What a LIME run decides before the model runs: the crop, its segments and the keep-matrix
-    (and the photo as given, ``original``, for heatmaps drawn on it)."""
-
-    model: LoadedModel
-    options: ExplainOptions
-    pixels: np.ndarray
-    tensor: torch.Tensor
-    segments: np.ndarray
-    rows: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    original: np.ndarray | None = None
-
-    def job(self, rows: np.ndarray, labels: tuple[int, ...] | None) -> ScoringJob:
-        return ScoringJob(self.tensor, self.options.masking, segments=self.segments, rows=rows, labels=labels)
-
-    def unmasked_job(self) -> ScoringJob:
-        """The all-visible image, every class: the prediction being explained."""
-        return self.job(np.ones((1, self.rows.shape[1]), dtype=np.uint8), None)
+FITS: dict[str, Fit] = {"lime": fit_lime, "kernel_shap": fit_kernel_shap, "occlusion": fit_occlusion}
+"""Each method's last step."""
 
 
 def plan_explanation(model: LoadedModel, image: ImageLike, options: ExplainOptions | None = None, *,
                      perturbations: np.ndarray | None = None, **overrides: Any) -> ExplanationPlan:
-    """Check ``options`` against ``model`` and ``image``, crop and segment the image and sample the keep-matrix.
+    """Check ``options`` against ``model`` and ``image``, crop and segment the image and choose the keep-matrix.
 
     ``overrides`` replace fields of ``options`` (or of the defaults). Bad options, a segmentation
     unfit for the image and bad ``perturbations`` raise :class:`~layermask.errors.InvalidOptionError`
@@ -154,47 +110,51 @@ def plan_explanation(model: LoadedModel, image: ImageLike, options: ExplainOptio
     rgb = to_rgb_image(image)
     crop = model.preprocessing.crop(rgb)
     pixels = np.asarray(crop)
-    segments = segment_crop(pixels, (rgb.height, rgb.width), model.preprocessing, options)
-    timings = {"segmentation": time.perf_counter() - started}
-    num_segments = int(segments.max()) + 1
-    if perturbations is None:
-        rows = sample_perturbations(options.sample_budget, num_segments, options.keep_probability, options.seed)
+    row_weights, exact = None, False
+    if options.method == "occlusion":
+        if perturbations is not None:
+            raise InvalidOptionError("perturbations", "occlusion slides its window and takes no perturbations")
+        segments, rows = occlusion_rows(pixels.shape[:2], options.occlusion)
     else:
-        rows = _check_perturbations(perturbations, num_segments)
+        segments = segment_crop(pixels, (rgb.height, rgb.width), model.preprocessing, options)
+        num_segments = int(segments.max()) + 1
+        if perturbations is not None:
+            rows = check_perturbations(perturbations, num_segments)
+            if options.method == "kernel_shap" and not (rows.all(axis=1).any() and (~rows.any(axis=1)).any()):
+                raise InvalidOptionError("perturbations", "KernelSHAP needs the all-visible and the all-hidden row")
+        elif options.method == "kernel_shap":
+            rows, row_weights = plan_coalitions(num_segments, options.sample_budget, options.seed)
+            exact = row_weights is not None
+        else:
+            rows = sample_perturbations(options.sample_budget, num_segments, options.keep_probability, options.seed)
+    timings = {"segmentation": time.perf_counter() - started}
     tensor = model.preprocessing.normalise(crop).unsqueeze(0)
-    return ExplanationPlan(model, options, pixels, tensor, segments, rows, timings, original=np.asarray(rgb))
-
-
-def choose_labels(plan: ExplanationPlan, probabilities: np.ndarray) -> tuple[list[ClassScore], list[int]]:
-    """The top predictions of the unmasked image, and the labels to explain: the explicit ones or the top ones."""
-    names = plan.model.class_names
-    top_labels = plan.options.top_labels
-    order = np.argsort(-probabilities, kind="stable")[: min(max(5, top_labels), len(names))]
-    top = [ClassScore(int(i), names[int(i)], float(probabilities[i])) for i in order]
-    labels = plan.options.labels
-    chosen = list(labels) if labels is not None else [p.label for p in top[:top_labels]]
-    return top, chosen
+    adaptive = options.adaptive_sampling and perturbations is None and not exact
+    return ExplanationPlan(model, options, pixels, tensor, segments, rows, timings, original=np.asarray(rgb),
+                           row_weights=row_weights, exact=exact, adaptive=adaptive)
 
 
 def fit_explanation(plan: ExplanationPlan, top_predictions: list[ClassScore], labels: Sequence[int],
-                    targets: np.ndarray) -> Explanation:
-    """Weigh the rows and fit one ridge regression per label to ``targets`` (samples × labels)."""
+                    targets: np.ndarray, converged: bool | None = None) -> Explanation:
+    """Fit the plan's method per label to ``targets`` (samples × labels) of the first ``len(targets)`` rows."""
     started = time.perf_counter()
-    options = plan.options
-    weights = sample_weights(plan.rows, options.kernel_width)
-    explanations = {}
-    for column, label in enumerate(labels):
-        coefficients, intercept, score, local = fit_label(plan.rows, targets[:, column], weights)
-        explanations[label] = LabelExplanation(label, plan.model.class_names[label], coefficients, intercept, score,
-                                               local)
+    rows = plan.rows[: len(targets)]
+    fits = FITS[plan.options.method](plan, rows, targets)
     plan.timings["fit"] = time.perf_counter() - started
-    return Explanation(
-        model=plan.model.name, image=plan.pixels, segments=plan.segments, explanations=explanations,
-        top_predictions=top_predictions, masking=options.masking, segmentation=options.segmentation_method,
-        segmentation_params=dict(options.segmentation_params), seed=options.seed, num_samples=len(plan.rows),
-        keep_probability=options.keep_probability, kernel_width=options.kernel_width, timings=plan.timings,
-        original=plan.original, preprocessing=plan.model.preprocessing,
-    )
+    if converged is None and plan.exact and plan.options.adaptive_sampling:
+        converged = True  # "auto" with every coalition enumerated: nothing left to sample
+    return make_explanation(plan, top_predictions, labels, fits, len(rows), converged)
+
+
+def _score_plan(plan: ExplanationPlan, scorer: Scorer, labels: Sequence[int], batch_size: int,
+                progress: Progress | None) -> tuple[np.ndarray, bool | None]:
+    """The targets of the rows used, and whether an adaptive run converged (``None`` if not adaptive)."""
+    if not plan.adaptive:
+        return predict_perturbations(scorer, plan, labels, batch_size, progress), None
+    step = plan.options.adaptive.batch
+    if plan.options.method == "kernel_shap":
+        step = paired_batch(step)
+    return sample_adaptively(plan, scorer, labels, batch_size, FITS[plan.options.method], step, progress)
 
 
 def finish_explanation(plan: ExplanationPlan, scorer: Scorer | None = None,
@@ -209,25 +169,27 @@ def finish_explanation(plan: ExplanationPlan, scorer: Scorer | None = None,
     scorer = scorer or LocalScorer(plan.model, batch_size)
     started = time.perf_counter()
     top_predictions, chosen = choose_labels(plan, scorer(plan.unmasked_job())[0])
-    targets = predict_perturbations(scorer, plan, chosen, batch_size, progress)
+    targets, converged = _score_plan(plan, scorer, chosen, batch_size, progress)
     plan.timings["inference"] = time.perf_counter() - started
-    return fit_explanation(plan, top_predictions, chosen, targets)
+    return fit_explanation(plan, top_predictions, chosen, targets, converged)
 
 
 def explain(model: LoadedModel, image: ImageLike, options: ExplainOptions | None = None, *,
             progress: Progress | None = None, scorer: Scorer | None = None,
             perturbations: np.ndarray | None = None, keep_freed_memory: bool | None = None,
             **overrides: Any) -> Explanation:
-    """Explain ``model``'s prediction on ``image`` with LIME.
+    """Explain ``model``'s prediction on ``image`` with LIME, KernelSHAP or occlusion (``method``).
 
     ``options`` (an :class:`~layermask.explanation.options.ExplainOptions`) says how; keyword
     ``overrides`` replace its fields, so ``explain(model, image, masking="grey", num_samples=500)``
-    works without one. ``perturbations`` replaces the sampled keep-matrix (so that two strategies
-    can be compared on identical rows; ``num_samples``, ``keep_probability`` and ``seed`` are then
-    unused). ``progress(done, total)`` is called after each batch; an exception it raises stops the
-    run. ``scorer`` computes the probabilities of each batch (by default
-    :class:`~layermask.explanation.scoring.LocalScorer` on ``model``; only ``model``'s preprocessing
-    and class names are used otherwise).
+    works without one. ``perturbations`` replaces the sampled keep-matrix of LIME or KernelSHAP (so
+    that two strategies can be compared on identical rows; ``num_samples``, ``keep_probability``
+    and ``seed`` are then unused; KernelSHAP needs the all-ones and the all-zeros row among them,
+    and weighs all rows alike). ``progress(done, total)`` is called after each batch (with
+    ``num_samples="auto"``, ``total`` is ``adaptive.max_samples`` and a converged run stops short of
+    it); an exception it raises stops the run. ``scorer`` computes the probabilities of each batch
+    (by default :class:`~layermask.explanation.scoring.LocalScorer` on ``model``; only ``model``'s
+    preprocessing and class names are used otherwise).
 
     Process-wide effect: the first explanation in a process switches glibc's allocator to keep
     freed memory for reuse (:func:`layermask.allocator.keep_freed_memory`: one malloc arena, no
@@ -250,19 +212,32 @@ def explain_many(model: LoadedModel, plans: Sequence[ExplanationPlan], max_rows:
                  keep_freed_memory: bool | None = None) -> list[Explanation]:
     """Finish several planned explanations of ``model`` at once, their rows sharing forward passes.
 
-    Each plan keeps its own image, strategy, rows and labels; the result for a plan is the one
-    :func:`explain` gives for it, up to the rounding of different pass sizes. The allocator is
-    switched as by :func:`explain` (``keep_freed_memory`` likewise).
+    Each plan keeps its own image, method, strategy, rows and labels; the result for a plan is the
+    one :func:`explain` gives for it, up to the rounding of different pass sizes. Plans whose rows
+    are all known in advance share passes; adaptive ones (``num_samples="auto"``) are then finished
+    one after another, in passes of at most ``max_rows``. The allocator is switched as by
+    :func:`explain` (``keep_freed_memory`` likewise).
     """
     allocator.keep_freed_memory_by_default(keep_freed_memory)
     started = time.perf_counter()
     unmasked = score_jobs(model, [plan.unmasked_job() for plan in plans], max_rows, on_forward)
     choices = [choose_labels(plan, probabilities[0]) for plan, probabilities in zip(plans, unmasked)]
-    jobs = [plan.job(plan.rows, tuple(chosen)) for plan, (_, chosen) in zip(plans, choices)]
-    targets = score_jobs(model, jobs, max_rows, on_forward)
+    fixed = [i for i, plan in enumerate(plans) if not plan.adaptive]
+    jobs = [plans[i].job(plans[i].rows, tuple(choices[i][1])) for i in fixed]
+    targets: dict[int, tuple[np.ndarray, bool | None]] = {
+        i: (scored, None) for i, scored in zip(fixed, score_jobs(model, jobs, max_rows, on_forward))}
     elapsed = time.perf_counter() - started
+
+    def scorer(job: ScoringJob) -> np.ndarray:
+        return score_jobs(model, [job], max_rows, on_forward)[0]
+
     explanations = []
-    for plan, (top, chosen), plan_targets in zip(plans, choices, targets):
-        plan.timings["inference"] = elapsed
-        explanations.append(fit_explanation(plan, top, chosen, plan_targets))
+    for i, (plan, (top, chosen)) in enumerate(zip(plans, choices)):
+        if i in targets:
+            plan.timings["inference"] = elapsed
+        else:
+            alone = time.perf_counter()
+            targets[i] = _score_plan(plan, scorer, chosen, max_rows, None)
+            plan.timings["inference"] = time.perf_counter() - alone
+        explanations.append(fit_explanation(plan, top, chosen, *targets[i]))
     return explanations

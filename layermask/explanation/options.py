@@ -150,7 +150,7 @@ class ExplainOptions:
         top_labels: how many top classes to explain when ``labels`` is ``None``.
         seed: seed of the keep-matrix sampling.
         batch_size: rows per forward pass; ``None`` picks
-            :data:`~layermask.explanation.lime.DEFAULT_BATCH_SIZE`.
+            :data:`~layermask.explanation.engine.DEFAULT_BATCH_SIZE`.
 
     Raises:
         InvalidOptionError: a field is invalid; ``field`` names it.

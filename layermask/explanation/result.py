@@ -1,4 +1,5 @@
-"""The result of a LIME run: segment weights per label, predictions, and how they were obtained."""
+"""The result of an explanation (LIME, KernelSHAP, occlusion): segment weights per label, predictions, and how
+they were obtained."""
 
 from __future__ import annotations
 
@@ -31,10 +32,18 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class LabelExplanation:
-    """The weighted ridge fit for one explained label.
+    """The attribution of one explained label to the segments.
 
-    ``weights[s]`` is segment ``s``'s coefficient; ``score`` the fit's weighted R² and
-    ``local_prediction`` the fit evaluated at the all-visible row.
+    ``weights[s]`` is segment ``s``'s attribution; what the other fields are depends on the method:
+
+    - ``lime``: the weighted ridge fit's coefficients, intercept, weighted R² (``score``) and value
+      at the all-visible row (``local_prediction``);
+    - ``kernel_shap``: the Shapley values, which sum exactly to ``local_prediction − intercept``;
+      ``intercept`` is the probability with every segment hidden, ``local_prediction`` with every
+      segment visible, ``score`` the weighted R² of the constrained fit;
+    - ``occlusion``: each cell's mean drop in probability over the windows hiding it;
+      ``intercept`` and ``local_prediction`` are the unmasked probability, ``score`` is 1.0
+      (nothing is fitted).
     """
 
     label: int
@@ -47,7 +56,15 @@ class LabelExplanation:
 
 @dataclass
 class Explanation:
-    """A LIME explanation of one image. ``image`` is the RGB crop the model saw (H×W×3 uint8).
+    """An explanation of one image. ``image`` is the RGB crop the model saw (H×W×3 uint8).
+
+    ``method`` says which method produced it (``lime``, ``kernel_shap`` or ``occlusion``). Every
+    method attributes to the segments of ``segments``; occlusion's per-pixel attribution is
+    constant on the cells into which the crop is cut by every window edge, so its segments are
+    those cells (``segmentation="occlusion"``, ``segmentation_params`` the window and stride) and
+    :meth:`heatmap` is the per-pixel attribution. ``num_samples`` is the number of rows scored (for
+    occlusion, the windows plus the unmasked image); ``converged`` says whether
+    ``num_samples="auto"`` stopped because the weights settled (``None`` for a fixed count).
 
     ``original`` is the photo as it was given (RGB, H×W×3 uint8) and ``preprocessing`` how the
     crop was made from it; with them, heatmaps and overlays can be drawn on the photo
@@ -161,8 +178,9 @@ class Explanation:
         for result in self.explanations.values():
             top = ", ".join(f"{s}: {w:+.3g}" for s, w in self.top_segments(result.label, 3))
             parts.append(f"label {result.label} ({result.name!r}): R² {result.score:.3f}, top segments {top}")
-        return (f"<Explanation of {self.model!r}, {self.masking} masking, {self.num_samples} samples, "
-                f"{self.num_segments} segments; {'; '.join(parts)}>")
+        converged = "" if self.converged is None else f" ({'converged' if self.converged else 'not converged'})"
+        return (f"<Explanation of {self.model!r} by {self.method}, {self.masking} masking, {self.num_samples} "
+                f"samples{converged}, {self.num_segments} segments; {'; '.join(parts)}>")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary of everything except the image pixels."""

@@ -51,6 +51,32 @@ def test_client_label_map(coffee_jpeg: Path, tmp_path: Path) -> None:
         assert image.size == (224, 224)  # --crop: the model's input crop
 
 
+def test_kernel_shap_with_adaptive_samples(coffee_jpeg: Path, tmp_path: Path) -> None:
+    result = run_cli(str(coffee_jpeg), "--method", "kernel_shap", "--samples", "auto", "--max-samples", "128",
+                     "--tolerance", "0.9", "--segmentation", "grid:patch_size=56", "-o", str(tmp_path / "out.png"),
+                     "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    explanation = json.loads((tmp_path / "out.json").read_text())
+    assert explanation["method"] == "kernel_shap" and explanation["num_segments"] == 16
+    assert explanation["num_samples"] <= 128 and explanation["converged"] in (True, False)
+    converged = ", converged" if explanation["converged"] else ", not converged"
+    assert f"kernel_shap: {explanation['num_samples']} samples{converged}, 16 segments" in result.stdout
+    assert result.stderr.endswith("\n") and f"{explanation['num_samples']}/128" in result.stderr
+    weights = explanation["explanations"][0]
+    assert sum(weights["weights"]) == pytest.approx(weights["local_prediction"] - weights["intercept"], abs=1e-9)
+
+
+def test_occlusion_window(coffee_jpeg: Path, tmp_path: Path) -> None:
+    result = run_cli(str(coffee_jpeg), "--method", "occlusion", "--window", "112", "--stride", "56",
+                     "--no-progress", "-o", str(tmp_path / "out.png"), "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    explanation = json.loads((tmp_path / "out.json").read_text())
+    assert explanation["method"] == "occlusion" and explanation["segmentation"] == "occlusion"
+    assert explanation["num_samples"] == 3 * 3 + 1 and explanation["num_segments"] == 4 * 4
+    assert explanation["segmentation_params"] == {"window": 112, "stride": 56}
+    assert "occlusion: 10 samples, 16 segments" in result.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["{missing}"], "image file not found"),
     (["{corrupt}"], "not a PNG, JPEG or WebP image"),
@@ -61,6 +87,13 @@ def test_client_label_map(coffee_jpeg: Path, tmp_path: Path) -> None:
     (["{photo}", "--masking", "pink"], "invalid choice: 'pink'"),
     (["{photo}", "--model", "resnet50"], "needs a local weights file"),
     (["{photo}", "--label", "5000"], "labels: [5000] out of range"),
+    (["{photo}", "--samples", "many"], "num_samples: must be an integer of at least 2 or 'auto', got 'many'"),
+    (["{photo}", "--method", "occlusion", "--samples", "auto"], "num_samples: 'auto' works for lime and kernel_shap"),
+    (["{photo}", "--method", "shapley"], "invalid choice: 'shapley'"),
+    (["{photo}", "--tolerance", "1.5"], "adaptive.tolerance: must be in (0, 1]"),
+    (["{photo}", "--max-samples", "10"], "adaptive.max_samples: must be at least adaptive.batch (64)"),
+    (["{photo}", "--method", "occlusion", "--window", "300"], "occlusion.window: must be at most"),
+    (["{photo}", "--stride", "0"], "occlusion.stride: must be a positive integer"),
 ])
 def test_errors_are_one_line_without_traceback(coffee_jpeg: Path, tmp_path: Path, args: list[str],
                                                message: str) -> None:
