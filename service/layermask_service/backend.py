@@ -29,6 +29,7 @@ from layermask.onnx.export import export_onnx
 from layermask.onnx.runtime import load_onnx_model
 from layermask_service.errors import InvalidArgument, ModelNotFound
 from layermask_service.metrics import Metrics
+from layermask_service.result_cache import weights_digest
 from layermask_service.settings import Settings
 from layermask_service.translate import ExplainJob, RequestedSegmentation, option_error
 
@@ -46,6 +47,9 @@ class Backend:
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
+        # model name -> the SHA-256 of its weights (result_cache.weights_digest), set where it is loaded;
+        # a model without one is not cached
+        self.digests: dict[str, str] = {}
         self.loaded = threading.Event()
         self.waiting_for = "models are still loading"  # why calls cannot be served before `loaded`
 
@@ -93,6 +97,8 @@ class Backend:
                 progress(now, total)
 
         explanation = finish_explanation(plan, self.scorer(model), record)
+        sampling = "adaptive" if job.options.adaptive_sampling else "fixed"
+        self.metrics.samples_used.labels(explanation.method, sampling).observe(explanation.num_samples)
         for stage, seconds in explanation.timings.items():
             self.metrics.stage.labels("segment" if stage == "segmentation" else stage).observe(seconds)
         return explanation
@@ -137,6 +143,7 @@ class EmbeddedBackend(Backend):
             start = time.perf_counter()
             model = self._load_onnx(name) if self.settings.format == "onnx" else \
                 load_model(name, self.settings.weights.get(name)).to(self.settings.device)
+            self.digests[name] = weights_digest(model)
             cached_masker("layer", model)
             self.models[name] = model
             provider = getattr(model.masked_runtime, "provider", f"pytorch-{model.device.type}")

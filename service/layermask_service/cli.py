@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layermask import cli as core_cli
+from layermask.explanation.options import AUTO, DEFAULT_METHOD, METHODS
 from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.registry import DEFAULT_MODEL
 from layermask_service.torchserve.archive import FORMATS, ArchiveSettings, build_archive
@@ -36,6 +37,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-concurrent", type=int)
     serve.add_argument("--max-queue", type=int)
     serve.add_argument("--grace-seconds", type=float)
+    serve.add_argument("--cache-mib", type=float, metavar="MIB",
+                       help="size of the cache of explanations that set a seed (default 64; 0: off)")
     serve.add_argument("--backend", choices=("embedded", "torchserve"),
                        help="where masked batches run (default: embedded, in this process)")
     serve.add_argument("--device", metavar="cpu|cuda|cuda:N",
@@ -101,7 +104,9 @@ def _add_client(commands: Any) -> None:
     explain.add_argument("--model", default="")
     explain.add_argument("--masking", choices=MASKING_STRATEGIES, default=DEFAULT_MASKING)
     explain.add_argument("--segmentation", default="quickshift", metavar="METHOD[:k=v,...]")
-    explain.add_argument("--samples", type=int)
+    explain.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    explain.add_argument("--samples", type=_samples, metavar="N|auto",
+                         help="perturbations to score, or auto: until the weights settle (lime, kernel_shap)")
     explain.add_argument("--seed", type=int)
     labels = explain.add_mutually_exclusive_group()
     labels.add_argument("--label", type=int, action="append")
@@ -121,13 +126,19 @@ def _add_client(commands: Any) -> None:
     security.add_argument("--token-file", metavar="FILE", help="send the first token of FILE as a bearer token")
 
 
+def _samples(value: str) -> int | str:
+    """``--samples``: an integer, or ``auto``."""
+    return AUTO if value == AUTO else int(value)
+
+
 def run_serve(args: argparse.Namespace) -> None:
     from layermask_service.server import run
     from layermask_service.settings import load_settings
 
     overrides = {"host": args.host, "port": args.port, "metrics_host": args.metrics_host,
                  "metrics_port": args.metrics_port, "models": args.models, "max_concurrent": args.max_concurrent,
-                 "max_queue": args.max_queue, "grace_seconds": args.grace_seconds, "backend": args.backend,
+                 "max_queue": args.max_queue, "grace_seconds": args.grace_seconds, "cache_mib": args.cache_mib,
+                 "backend": args.backend,
                  "torchserve_target": args.torchserve_target, "device": args.device,
                  **{name: getattr(args, name) for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file",
                                                            "metrics_tls_cert_file", "metrics_tls_key_file",
@@ -188,7 +199,7 @@ def run_client_explain(args: argparse.Namespace) -> None:
     request = explain_request(args.image.read_bytes(), model=args.model, masking=args.masking, segmentation=method,
                               segmentation_params=params, num_samples=args.samples, seed=args.seed,
                               labels=args.label, top_labels=args.top_labels,
-                              heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY)
+                              heatmap_format=pb.HEATMAP_FORMAT_PNG_OVERLAY, method=args.method)
     request.heatmap_view = pb.HEATMAP_VIEW_CROP if args.crop else pb.HEATMAP_VIEW_ORIGINAL
     try:
         with ExplainClient(args.target, timeout=args.timeout, tls_ca_file=args.tls_ca_file,

@@ -8,10 +8,12 @@ from typing import Any
 
 import grpc
 
+from layermask.explanation.options import AUTO, DEFAULT_METHOD
 from layermask.explanation.segmentation import SEGMENTATIONS
 from layermask.masking.names import DEFAULT_MASKING
 from layermask_service import tls
 from layermask_service.auth import BearerTokenClientInterceptor, read_tokens
+from layermask_service.methods import METHOD_ENUMS
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
 from layermask_service.settings import MAX_MESSAGE_BYTES
@@ -36,15 +38,24 @@ def segmentation_message(method: str = "quickshift", params: Mapping[str, Any] |
 
 
 def explain_request(image: bytes, *, model: str = "", masking: str = DEFAULT_MASKING, segmentation: str = "quickshift",
-                    segmentation_params: Mapping[str, Any] | None = None, num_samples: int | None = None,
+                    segmentation_params: Mapping[str, Any] | None = None, num_samples: int | str | None = None,
                     keep_probability: float | None = None, kernel_width: float | None = None,
                     seed: int | None = None, labels: Sequence[int] | None = None, top_labels: int | None = None,
-                    heatmap_format: Any = pb.HEATMAP_FORMAT_NONE) -> pb.ExplainRequest:
+                    heatmap_format: Any = pb.HEATMAP_FORMAT_NONE, method: str = DEFAULT_METHOD,
+                    adaptive: Mapping[str, Any] | None = None,
+                    occlusion: Mapping[str, Any] | None = None) -> pb.ExplainRequest:
+    """An ``ExplainRequest`` in the Python API's terms: ``method`` by name, ``num_samples="auto"`` (sent as 0),
+    and ``adaptive`` and ``occlusion`` as mappings of their messages' fields."""
     if masking not in MASKING_ENUMS:
         raise ValueError(f"unknown masking strategy {masking!r}; choose one of {', '.join(MASKING_ENUMS)}")
-    optional: dict[str, Any] = {"num_samples": num_samples, "keep_probability": keep_probability,
-                                "kernel_width": kernel_width, "seed": seed, "top_labels": top_labels}
-    return pb.ExplainRequest(model=model, image=image, masking=MASKING_ENUMS[masking],
+    if method not in METHOD_ENUMS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_ENUMS)}")
+    optional: dict[str, Any] = {"num_samples": 0 if num_samples == AUTO else num_samples,
+                                "keep_probability": keep_probability, "kernel_width": kernel_width, "seed": seed,
+                                "top_labels": top_labels,
+                                "adaptive": None if adaptive is None else pb.Adaptive(**adaptive),
+                                "occlusion": None if occlusion is None else pb.Occlusion(**occlusion)}
+    return pb.ExplainRequest(model=model, image=image, masking=MASKING_ENUMS[masking], method=METHOD_ENUMS[method],
                              segmentation=segmentation_message(segmentation, segmentation_params),
                              labels=list(labels or []), heatmap_format=heatmap_format,
                              **{k: v for k, v in optional.items() if v is not None})

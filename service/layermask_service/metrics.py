@@ -13,6 +13,7 @@ import layermask
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SAMPLES_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1000, 1500, 2000, 5000, 10000, 20000)
 
 
 class Metrics:
@@ -36,6 +37,17 @@ class Metrics:
         self.backend_bytes = prom.Counter("layermask_backend_request_bytes",
                                           "Bytes of masked-batch requests sent to a remote backend (TorchServe).",
                                           ["model"], registry=r)
+        self.samples_used = prom.Histogram("layermask_samples_used",
+                                           "Samples (masked rows) an explanation scored, by method and by "
+                                           "sampling: fixed (num_samples) or adaptive (num_samples = 0).",
+                                           ["method", "sampling"], buckets=SAMPLES_BUCKETS, registry=r)
+        self.cache_hits = prom.Counter("layermask_cache_hits", "Explanations answered from the result cache.",
+                                       registry=r)
+        self.cache_misses = prom.Counter("layermask_cache_misses",
+                                         "Cacheable explanations (seed set, cache on) not in the result cache.",
+                                         registry=r)
+        self.cache_bytes = prom.Gauge("layermask_cache_bytes", "Bytes the result cache holds (at most cache_mib).",
+                                      registry=r)
         self.model_load = prom.Gauge("layermask_model_load_seconds", "Time taken to load each model.",
                                      ["model", "format", "provider"], registry=r)
         self.build = prom.Info("layermask_build", "Versions this server runs.", registry=r)

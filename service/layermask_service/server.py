@@ -54,7 +54,8 @@ class ExplainServer:
                                                ("grpc.max_send_message_length", limit)])
         # Not the generated add_ExplainServiceServicer_to_server: undecodable request bytes get
         # INVALID_ARGUMENT from the servicer instead of UNKNOWN from gRPC.
-        add_to_server(ExplainServicer(self.backend, settings, self.metrics, self.executor), self.server)
+        self.servicer = ExplainServicer(self.backend, settings, self.metrics, self.executor)
+        add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0

@@ -3,7 +3,9 @@
 Compute runs in a thread pool; the event loop only admits, waits and streams. A client's deadline
 or cancellation is checked between batches, so the compute stops within one batch. Each error of
 :mod:`layermask_service.errors` has its status code; any other exception is a bug, answered with
-``INTERNAL`` and an incident id that the log holds with the traceback.
+``INTERNAL`` and an incident id that the log holds with the traceback. A repeated explanation
+that the result cache holds (:mod:`layermask_service.result_cache`) is answered from it at once,
+without waiting for a compute slot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -21,10 +24,12 @@ import grpc
 from layermask_service.admission import Admission, QueueFull
 from layermask_service.backend import Backend
 from layermask_service.errors import BackendUnavailable, InvalidArgument, ModelNotFound, report_internal_error
+from layermask_service.methods import check_occlusion_rows
 from layermask_service.metrics import Metrics
 from layermask_service.proto import explain_pb2 as pb
 from layermask_service.proto import explain_pb2_grpc as pb_grpc
 from layermask_service.registration import Undecodable
+from layermask_service.result_cache import ResultCache, cache_key
 from layermask_service.settings import Settings
 from layermask_service.translate import (
     MASKING_ENUMS,
@@ -66,6 +71,21 @@ class _CallGuard:
             raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+@dataclass(frozen=True)
+class _ExplainCall:
+    """An ``ExplainRequest`` checked, with its result-cache key (``None``: not cached) and the cached
+    response, if the cache holds it."""
+
+    checked: CheckedExplainRequest
+    key: bytes | None = None
+    cached: pb.ExplainResponse | None = None
+
+
+def _uncached(call: _ExplainCall) -> bool:
+    """Whether an explanation needs a compute slot: not when the cache answers it."""
+    return call.cached is None
+
+
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def __init__(self, backend: Backend, settings: Settings, metrics: Metrics, executor: Executor) -> None:
         self.backend = backend
@@ -73,17 +93,18 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         self.metrics = metrics
         self.executor = executor
         self.admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
+        self.cache = ResultCache.of_mib(settings.cache_mib, metrics)
 
     # ------------------------------------------------------------------ RPCs
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         if isinstance(request, Undecodable):
             return await self._refuse("Explain", request, context)
 
-        async def work(guard: _CallGuard, checked: CheckedExplainRequest) -> pb.ExplainResponse:
-            return await self._explain(checked, request.image, guard, None)
+        async def work(guard: _CallGuard, call: _ExplainCall) -> pb.ExplainResponse:
+            return call.cached if call.cached is not None else await self._explain(call, request.image, guard, None)
 
         return await self._handle("Explain", request.model, request.masking, context, work,
-                                  check=lambda: self._check_explain(request))
+                                  check=lambda: self._check_explain(request), admit=_uncached)
 
     async def ExplainStream(self, request: pb.ExplainRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainEvent]:
@@ -95,11 +116,13 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         def progress(done: int, total: int) -> None:
             loop.call_soon_threadsafe(events.put_nowait, pb.ExplainEvent(progress=pb.Progress(done=done, total=total)))
 
-        async def work(guard: _CallGuard, checked: CheckedExplainRequest) -> pb.ExplainResponse:
-            return await self._explain(checked, request.image, guard, progress)
+        async def work(guard: _CallGuard, call: _ExplainCall) -> pb.ExplainResponse:
+            if call.cached is not None:
+                return call.cached
+            return await self._explain(call, request.image, guard, progress)
 
         task = asyncio.ensure_future(self._handle("ExplainStream", request.model, request.masking, context, work,
-                                                  check=lambda: self._check_explain(request)))
+                                                  check=lambda: self._check_explain(request), admit=_uncached))
         try:
             while not task.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
@@ -172,14 +195,22 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         if not self.backend.loaded.is_set():
             raise BackendUnavailable(f"{self.backend.waiting_for}; retry when health reports SERVING")
 
-    def _check_explain(self, request: pb.ExplainRequest) -> CheckedExplainRequest:
+    def _check_explain(self, request: pb.ExplainRequest) -> _ExplainCall:
         self._require_loaded()
         checked = check_explain_request(request, self.backend.default_model, self.settings.max_samples)
-        self.backend.model(checked.model)  # ModelNotFound before the call queues
-        return checked
+        model = self.backend.model(checked.model)  # ModelNotFound before the call queues
+        check_occlusion_rows(checked.options, model.input_size, self.settings.max_samples)
+        digest = self.backend.digests.get(checked.model)
+        if not self.cache.enabled or not request.HasField("seed") or digest is None:
+            return _ExplainCall(checked)
+        key = cache_key(checked.model, digest, request.image, checked.options, checked.heatmap_format)
+        cached = self.cache.get(key)
+        return _ExplainCall(checked, key, None if cached is None else pb.ExplainResponse.FromString(cached))
 
-    async def _explain(self, checked: CheckedExplainRequest, image: bytes, guard: _CallGuard,
+    async def _explain(self, call: _ExplainCall, image: bytes, guard: _CallGuard,
                        progress: Callable[[int, int], None] | None) -> pb.ExplainResponse:
+        checked = call.checked
+
         def checked_progress(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total)
@@ -198,6 +229,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                                       f"{response.ByteSize()} bytes, over this server's limit of "
                                       f"{self.settings.max_message_bytes}; ask for fewer labels, or heatmaps in a "
                                       "smaller format, or none")
+            if call.key is not None:
+                self.cache.put(call.key, response.SerializeToString())
             return response
 
         return await self._compute(guard, run)
@@ -215,10 +248,10 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             raise
 
     async def _handle(self, rpc: str, model: str, masking: int | None, context: grpc.aio.ServicerContext,
-                      work: Callable[[_CallGuard, Any], Any], admit: bool = True,
+                      work: Callable[[_CallGuard, Any], Any], admit: bool | Callable[[Any], bool] = True,
                       check: Callable[[], Any] | None = None) -> Any:
         """Run ``check`` (the request's fields, off the event loop), then ``work`` with its result, in a
-        compute slot when ``admit``; map every outcome to a status and record it.
+        compute slot when ``admit`` (or ``admit(result)``) is true; map every outcome to a status and record it.
 
         The check runs before admission: a bad request is refused at once, not queued behind good ones
         or turned away as RESOURCE_EXHAUSTED, which a client would retry.
@@ -230,7 +263,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         guard = _CallGuard(context)
         try:
             checked = None if check is None else await asyncio.get_running_loop().run_in_executor(None, check)
-            if admit:
+            if admit(checked) if callable(admit) else admit:
                 async with self.admission.slot():
                     return await work(guard, checked)
             return await work(guard, checked)

@@ -39,6 +39,7 @@ class Settings:
     grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may finish
     max_samples: int = MAX_SAMPLES
     batch_size: int | None = None
+    cache_mib: float = 64.0      # the result cache of explanations that set a seed (result_cache.py); 0: off
     backend: str = "embedded"    # "torchserve": masked batches run in TorchServe at torchserve_target
     # TorchServe's gRPC inference API: host:port, a list host1:port1,host2:port2, or dns:///name:port
     # (resolved every 15 s); each batch goes to the next address (torchserve/endpoints.py).
@@ -61,8 +62,8 @@ class Settings:
         for name in ("max_message_bytes", "max_concurrent", "max_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_queue < 0 or self.grace_seconds < 0:
-            raise ValueError("max_queue and grace_seconds must not be negative")
+        if self.max_queue < 0 or self.grace_seconds < 0 or not self.cache_mib >= 0:
+            raise ValueError("max_queue, grace_seconds and cache_mib must not be negative")
         if not self.models:
             raise ValueError("models must name at least one model")
         if self.format not in ("torch", "onnx"):

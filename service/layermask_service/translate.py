@@ -12,18 +12,21 @@ import dataclasses
 import io
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 from PIL import Image
 
 from layermask.errors import InvalidOptionError
-from layermask.explanation.options import ExplainOptions
+from layermask.explanation.options import AUTO, ExplainOptions
 from layermask.explanation.result import ClassScore, Explanation, View
 from layermask.masking.names import DEFAULT_MASKING, MASKING_STRATEGIES
 from layermask.models.images import MAX_IMAGE_PIXELS, decode_image
 from layermask_service.errors import InvalidArgument
+from layermask_service.methods import METHOD_ENUMS, method_name, sampling_options
 from layermask_service.proto import explain_pb2 as pb
 
 MASKING_ENUMS: dict[str, Any] = {name: pb.Masking.Value(f"MASKING_{name.upper()}") for name in MASKING_STRATEGIES}
@@ -31,6 +34,7 @@ MASKING_ENUMS: dict[str, Any] = {name: pb.Masking.Value(f"MASKING_{name.upper()}
 MASKING_NAMES: dict[int, str] = {pb.MASKING_UNSPECIFIED: DEFAULT_MASKING, **{v: k for k, v in MASKING_ENUMS.items()}}
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ExplainOptions))
+_REQUEST_FIELDS = pb.ExplainRequest.DESCRIPTOR.fields_by_name
 SCALAR_OPTIONS = tuple(f.name for f in pb.ExplainRequest.DESCRIPTOR.fields
                        if f.name in _OPTION_NAMES and f.has_presence and f.message_type is None)
 """The ``optional`` scalar fields of ``ExplainRequest`` that are ExplainOptions fields of the same name;
@@ -91,7 +95,7 @@ def option_error(error: InvalidOptionError, segmentation: RequestedSegmentation)
     """
     if error.field in ("segmentation", "segmentation_params"):
         return InvalidArgument(f"{segmentation.field}: {error.reason}")
-    if error.field in pb.ExplainRequest.DESCRIPTOR.fields_by_name:
+    if error.field.split(".")[0] in _REQUEST_FIELDS:  # also a sub-message's field: "occlusion.window"
         return InvalidArgument(str(error))
     return error
 
@@ -153,17 +157,36 @@ def check_explain_request(request: pb.ExplainRequest, default_model: str, max_sa
     if request.heatmap_view not in pb.HeatmapView.values():
         raise InvalidArgument(f"heatmap_view: unknown view {request.heatmap_view}")
     segmentation = segmentation_from(request.segmentation)
+    method = method_name(request.method)
     scalars = {name: getattr(request, name) for name in SCALAR_OPTIONS if request.HasField(name)}
+    scalars |= sampling_options(request, method)  # num_samples in the proto's terms, adaptive, occlusion
     try:
-        options = ExplainOptions(masking=masking_name(request.masking), segmentation=segmentation.segmentation,
-                                 segmentation_params=segmentation.params, labels=list(request.labels) or None,
-                                 **scalars)
+        options = ExplainOptions(masking=masking_name(request.masking), method=method,
+                                 segmentation=segmentation.segmentation, segmentation_params=segmentation.params,
+                                 labels=list(request.labels) or None, **scalars)
     except InvalidOptionError as error:
         raise option_error(error, segmentation) from None
     if options.sample_budget > max_samples:
-        raise InvalidArgument(f"num_samples: must be at most {max_samples} on this server, got {options.sample_budget}")
+        budget = "adaptive.max_samples" if options.adaptive_sampling else "num_samples"
+        raise InvalidArgument(f"{budget}: must be at most {max_samples} on this server, got {options.sample_budget}")
     heatmap = HeatmapChoice(request.heatmap_format, request.heatmap_view or pb.HEATMAP_VIEW_CROP)
     return CheckedExplainRequest(request.model or default_model, options, heatmap, segmentation)
+
+
+def explain_request_from_json(payload: Mapping[str, Any]) -> pb.ExplainRequest:
+    """A JSON ``ExplainRequest`` (protobuf's JSON mapping) that may also use the Python API's spellings:
+    ``"num_samples": "auto"`` for 0 and the core's names for ``method`` and ``masking`` (``"kernel_shap"``).
+
+    ``json_format.ParseError`` for anything else that is not an ``ExplainRequest``.
+    """
+    message = dict(payload)
+    for key in ("num_samples", "numSamples"):
+        if message.get(key) == AUTO:
+            message[key] = 0
+    for key, enums, enum in (("method", METHOD_ENUMS, pb.Method), ("masking", MASKING_ENUMS, pb.Masking)):
+        if isinstance(message.get(key), str) and message[key] in enums:
+            message[key] = enum.Name(enums[message[key]])
+    return json_format.ParseDict(message, pb.ExplainRequest())
 
 
 def explain_job(request: pb.ExplainRequest, default_model: str, max_samples: int) -> ExplainJob:
@@ -189,11 +212,17 @@ def heatmap_message(explanation: Explanation, label: int, fmt: Any, on: View = "
 
 def explain_response(explanation: Explanation, heatmap: HeatmapChoice | int,
                      decode_seconds: float) -> pb.ExplainResponse:
-    """The response for ``explanation``; ``heatmap`` is the request's choice (a bare format means the crop view)."""
+    """The response for ``explanation``; ``heatmap`` is the request's choice (a bare format means the crop view).
+
+    An occlusion run's segments are the cells its windows cut the crop into (``segmentation``
+    ``"occlusion"``); its window is echoed in ``occlusion``.
+    """
     heatmap = heatmap if isinstance(heatmap, HeatmapChoice) else HeatmapChoice(heatmap)
     timings = explanation.timings
+    window = pb.Occlusion(**explanation.segmentation_params) if explanation.method == "occlusion" else None
     return pb.ExplainResponse(
-        model=explanation.model, masking=MASKING_ENUMS[explanation.masking],
+        model=explanation.model, masking=MASKING_ENUMS[explanation.masking], method=METHOD_ENUMS[explanation.method],
+        converged=explanation.converged, occlusion=window,
         segmentation=explanation.segmentation, seed=explanation.seed, num_samples=explanation.num_samples,
         keep_probability=explanation.keep_probability, kernel_width=explanation.kernel_width,
         segments=segments_message(explanation.segments),

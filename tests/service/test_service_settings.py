@@ -79,5 +79,5 @@ def test_client_cli_reports_server_errors_in_one_line(server: RunningServer, tmp
                              "--target", server.target, "--samples", "1", "-o", str(tmp_path / "out.png")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    expected = "layermask: error: INVALID_ARGUMENT: num_samples: must be an integer of at least 2 or 'auto', got 1"
+    expected = "layermask: error: INVALID_ARGUMENT: num_samples: must be 0 (adaptive) or at least 2, got 1"
     assert result.stderr.strip() == expected

@@ -57,7 +57,7 @@ def test_set_fields_reach_the_options() -> None:
 
 
 @pytest.mark.parametrize(("request_", "message"), [
-    (pb.ExplainRequest(image=CHELSEA, num_samples=1), "num_samples: must be an integer of at least 2 or 'auto', got 1"),
+    (pb.ExplainRequest(image=CHELSEA, num_samples=1), "num_samples: must be 0 (adaptive) or at least 2, got 1"),
     (pb.ExplainRequest(image=CHELSEA, num_samples=1001), "num_samples: must be at most 1000 on this server, got 1001"),
     (pb.ExplainRequest(image=CHELSEA, kernel_width=float("inf")), "kernel_width: must be a finite number"),
     (pb.ExplainRequest(image=CHELSEA, labels=[2, 2]), "labels: must be distinct"),

@@ -74,7 +74,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("name", "format", "input_height", "input_width", "resize_size", "mean", "std", "interpolation", "class_names", "strategies")
+    __slots__ = ("name", "format", "input_height", "input_width", "resize_size", "mean", "std", "interpolation", "class_names", "strategies", "weights_digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class ModelDescription(_message.Message):
     INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     format: str
     input_height: int
@@ -95,4 +96,5 @@ class ModelDescription(_message.Message):
     interpolation: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     strategies: _containers.RepeatedScalarFieldContainer[_explain_pb2.Masking]
-    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., resize_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., strategies: _Optional[_Iterable[_Union[_explain_pb2.Masking, str]]] = ...) -> None: ...
+    weights_digest: str
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., resize_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., strategies: _Optional[_Iterable[_Union[_explain_pb2.Masking, str]]] = ..., weights_digest: _Optional[str] = ...) -> None: ...

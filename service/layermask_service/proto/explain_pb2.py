@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayermask/v1/explain.proto\x12\x0clayermask.v1\"\x96\x01\n\nQuickshift\x12\x18\n\x0bkernel_size\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08max_dist\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05ratio\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05sigma\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x0e\n\x0c_kernel_sizeB\x0b\n\t_max_distB\x08\n\x06_ratioB\x08\n\x06_sigma\"v\n\x04Slic\x12\x17\n\nn_segments\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x63ompactness\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05sigma\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_n_segmentsB\x0e\n\x0c_compactnessB\x08\n\x06_sigma\"n\n\x0c\x46\x65lzenszwalb\x12\x12\n\x05scale\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05sigma\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08min_size\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_scaleB\x08\n\x06_sigmaB\x0b\n\t_min_size\".\n\x04Grid\x12\x17\n\npatch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_patch_size\"9\n\x08LabelMap\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06labels\x18\x03 \x03(\x05\"\xf1\x01\n\x0cSegmentation\x12.\n\nquickshift\x18\x01 \x01(\x0b\x32\x18.layermask.v1.QuickshiftH\x00\x12\"\n\x04slic\x18\x02 \x01(\x0b\x32\x12.layermask.v1.SlicH\x00\x12\x32\n\x0c\x66\x65lzenszwalb\x18\x03 \x01(\x0b\x32\x1a.layermask.v1.FelzenszwalbH\x00\x12\"\n\x04grid\x18\x04 \x01(\x0b\x32\x12.layermask.v1.GridH\x00\x12+\n\tlabel_map\x18\x05 \x01(\x0b\x32\x16.layermask.v1.LabelMapH\x00\x42\x08\n\x06method\"\xcc\x03\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12\x30\n\x0csegmentation\x18\x04 \x01(\x0b\x32\x1a.layermask.v1.Segmentation\x12\x18\n\x0bnum_samples\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10keep_probability\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0ckernel_width\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12\x0e\n\x06labels\x18\t \x03(\x05\x12\x17\n\ntop_labels\x18\n \x01(\x05H\x04\x88\x01\x01\x12\x33\n\x0eheatmap_format\x18\x0b \x01(\x0e\x32\x1b.layermask.v1.HeatmapFormat\x12/\n\x0cheatmap_view\x18\x0c \x01(\x0e\x32\x19.layermask.v1.HeatmapViewB\x0e\n\x0c_num_samplesB\x13\n\x11_keep_probabilityB\x0f\n\r_kernel_widthB\x07\n\x05_seedB\r\n\x0b_top_labels\">\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"|\n\x10LabelExplanation\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x03(\x01\x12\x11\n\tintercept\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x18\n\x10local_prediction\x18\x06 \x01(\x01\"M\n\x08Segments\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0bzlib_uint16\x18\x04 \x01(\x0c\"r\n\x07Heatmap\x12\r\n\x05label\x18\x01 \x01(\x05\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.layermask.v1.HeatmapFormat\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"t\n\x0cStageTimings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x1c\n\x14segmentation_seconds\x18\x02 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x66it_seconds\x18\x04 \x01(\x01\"\x9a\x03\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07masking\x18\x02 \x01(\x0e\x32\x15.layermask.v1.Masking\x12\x14\n\x0csegmentation\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x05\x12\x18\n\x10keep_probability\x18\x06 \x01(\x01\x12\x14\n\x0ckernel_width\x18\x07 \x01(\x01\x12(\n\x08segments\x18\x08 \x01(\x0b\x32\x16.layermask.v1.Segments\x12\x34\n\x0c\x65xplanations\x18\t \x03(\x0b\x32\x1e.layermask.v1.LabelExplanation\x12\x31\n\x0ftop_predictions\x18\n \x03(\x0b\x32\x18.layermask.v1.ClassScore\x12\'\n\x08heatmaps\x18\x0b \x03(\x0b\x32\x15.layermask.v1.Heatmap\x12+\n\x07timings\x18\x0c \x01(\x0b\x32\x1a.layermask.v1.StageTimings\"\'\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"t\n\x0c\x45xplainEvent\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.layermask.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.layermask.v1.ExplainResponseH\x00\x42\x07\n\x05\x65vent\"9\n\nPackedMask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"M\n\x0bSegmentKeep\x12\x30\n\x0csegmentation\x18\x01 \x01(\x0b\x32\x1a.layermask.v1.Segmentation\x12\x0c\n\x04keep\x18\x02 \x03(\x08\"\xdf\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12(\n\x04mask\x18\x04 \x01(\x0b\x32\x18.layermask.v1.PackedMaskH\x00\x12\x31\n\x0csegment_keep\x18\x05 \x01(\x0b\x32\x19.layermask.v1.SegmentKeepH\x00\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\nvisibilityB\x08\n\x06_top_k\"O\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x18.layermask.v1.ClassScore\"\x13\n\x11ListModelsRequest\"\x98\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinput_height\x18\x02 \x01(\x05\x12\x13\n\x0binput_width\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12)\n\nstrategies\x18\x05 \x03(\x0e\x32\x15.layermask.v1.Masking\x12\x12\n\nis_default\x18\x06 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.layermask.v1.ModelInfo*l\n\x07Masking\x12\x17\n\x13MASKING_UNSPECIFIED\x10\x00\x12\x11\n\rMASKING_LAYER\x10\x01\x12\x10\n\x0cMASKING_GREY\x10\x02\x12\x11\n\rMASKING_BLACK\x10\x03\x12\x10\n\x0cMASKING_BLUR\x10\x04*d\n\rHeatmapFormat\x12\x17\n\x13HEATMAP_FORMAT_NONE\x10\x00\x12\x1e\n\x1aHEATMAP_FORMAT_PNG_OVERLAY\x10\x01\x12\x1a\n\x16HEATMAP_FORMAT_FLOAT16\x10\x02*]\n\x0bHeatmapView\x12\x1c\n\x18HEATMAP_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11HEATMAP_VIEW_CROP\x10\x01\x12\x19\n\x15HEATMAP_VIEW_ORIGINAL\x10\x02\x32\xbe\x02\n\x0e\x45xplainService\x12\x46\n\x07\x45xplain\x12\x1c.layermask.v1.ExplainRequest\x1a\x1d.layermask.v1.ExplainResponse\x12K\n\rExplainStream\x12\x1c.layermask.v1.ExplainRequest\x1a\x1a.layermask.v1.ExplainEvent0\x01\x12\x46\n\x07Predict\x12\x1c.layermask.v1.PredictRequest\x1a\x1d.layermask.v1.PredictResponse\x12O\n\nListModels\x12\x1f.layermask.v1.ListModelsRequest\x1a .layermask.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayermask/v1/explain.proto\x12\x0clayermask.v1\"\x96\x01\n\nQuickshift\x12\x18\n\x0bkernel_size\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08max_dist\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05ratio\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05sigma\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x0e\n\x0c_kernel_sizeB\x0b\n\t_max_distB\x08\n\x06_ratioB\x08\n\x06_sigma\"v\n\x04Slic\x12\x17\n\nn_segments\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x63ompactness\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05sigma\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_n_segmentsB\x0e\n\x0c_compactnessB\x08\n\x06_sigma\"n\n\x0c\x46\x65lzenszwalb\x12\x12\n\x05scale\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05sigma\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08min_size\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_scaleB\x08\n\x06_sigmaB\x0b\n\t_min_size\".\n\x04Grid\x12\x17\n\npatch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_patch_size\"9\n\x08LabelMap\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06labels\x18\x03 \x03(\x05\"\xf1\x01\n\x0cSegmentation\x12.\n\nquickshift\x18\x01 \x01(\x0b\x32\x18.layermask.v1.QuickshiftH\x00\x12\"\n\x04slic\x18\x02 \x01(\x0b\x32\x12.layermask.v1.SlicH\x00\x12\x32\n\x0c\x66\x65lzenszwalb\x18\x03 \x01(\x0b\x32\x1a.layermask.v1.FelzenszwalbH\x00\x12\"\n\x04grid\x18\x04 \x01(\x0b\x32\x12.layermask.v1.GridH\x00\x12+\n\tlabel_map\x18\x05 \x01(\x0b\x32\x16.layermask.v1.LabelMapH\x00\x42\x08\n\x06method\"K\n\tOcclusion\x12\x13\n\x06window\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06stride\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\t\n\x07_windowB\t\n\x07_stride\"\x96\x01\n\x08\x41\x64\x61ptive\x12\x16\n\ttolerance\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05\x62\x61tch\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bmax_samples\x18\x04 \x01(\x05H\x03\x88\x01\x01\x42\x0c\n\n_toleranceB\x08\n\x06_top_kB\x08\n\x06_batchB\x0e\n\x0c_max_samples\"\xc8\x04\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12\x30\n\x0csegmentation\x18\x04 \x01(\x0b\x32\x1a.layermask.v1.Segmentation\x12\x18\n\x0bnum_samples\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10keep_probability\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0ckernel_width\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12\x0e\n\x06labels\x18\t \x03(\x05\x12\x17\n\ntop_labels\x18\n \x01(\x05H\x04\x88\x01\x01\x12\x33\n\x0eheatmap_format\x18\x0b \x01(\x0e\x32\x1b.layermask.v1.HeatmapFormat\x12/\n\x0cheatmap_view\x18\x0c \x01(\x0e\x32\x19.layermask.v1.HeatmapView\x12$\n\x06method\x18\r \x01(\x0e\x32\x14.layermask.v1.Method\x12*\n\tocclusion\x18\x0e \x01(\x0b\x32\x17.layermask.v1.Occlusion\x12(\n\x08\x61\x64\x61ptive\x18\x0f \x01(\x0b\x32\x16.layermask.v1.AdaptiveB\x0e\n\x0c_num_samplesB\x13\n\x11_keep_probabilityB\x0f\n\r_kernel_widthB\x07\n\x05_seedB\r\n\x0b_top_labels\">\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"|\n\x10LabelExplanation\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x03(\x01\x12\x11\n\tintercept\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x18\n\x10local_prediction\x18\x06 \x01(\x01\"M\n\x08Segments\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x13\n\x0bzlib_uint16\x18\x04 \x01(\x0c\"r\n\x07Heatmap\x12\r\n\x05label\x18\x01 \x01(\x05\x12+\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1b.layermask.v1.HeatmapFormat\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"t\n\x0cStageTimings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x1c\n\x14segmentation_seconds\x18\x02 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x66it_seconds\x18\x04 \x01(\x01\"\x92\x04\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07masking\x18\x02 \x01(\x0e\x32\x15.layermask.v1.Masking\x12\x14\n\x0csegmentation\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x05\x12\x18\n\x10keep_probability\x18\x06 \x01(\x01\x12\x14\n\x0ckernel_width\x18\x07 \x01(\x01\x12(\n\x08segments\x18\x08 \x01(\x0b\x32\x16.layermask.v1.Segments\x12\x34\n\x0c\x65xplanations\x18\t \x03(\x0b\x32\x1e.layermask.v1.LabelExplanation\x12\x31\n\x0ftop_predictions\x18\n \x03(\x0b\x32\x18.layermask.v1.ClassScore\x12\'\n\x08heatmaps\x18\x0b \x03(\x0b\x32\x15.layermask.v1.Heatmap\x12+\n\x07timings\x18\x0c \x01(\x0b\x32\x1a.layermask.v1.StageTimings\x12$\n\x06method\x18\r \x01(\x0e\x32\x14.layermask.v1.Method\x12\x16\n\tconverged\x18\x0e \x01(\x08H\x00\x88\x01\x01\x12*\n\tocclusion\x18\x0f \x01(\x0b\x32\x17.layermask.v1.OcclusionB\x0c\n\n_converged\"\'\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"t\n\x0c\x45xplainEvent\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.layermask.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.layermask.v1.ExplainResponseH\x00\x42\x07\n\x05\x65vent\"9\n\nPackedMask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"M\n\x0bSegmentKeep\x12\x30\n\x0csegmentation\x18\x01 \x01(\x0b\x32\x1a.layermask.v1.Segmentation\x12\x0c\n\x04keep\x18\x02 \x03(\x08\"\xdf\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12&\n\x07masking\x18\x03 \x01(\x0e\x32\x15.layermask.v1.Masking\x12(\n\x04mask\x18\x04 \x01(\x0b\x32\x18.layermask.v1.PackedMaskH\x00\x12\x31\n\x0csegment_keep\x18\x05 \x01(\x0b\x32\x19.layermask.v1.SegmentKeepH\x00\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\nvisibilityB\x08\n\x06_top_k\"O\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x18.layermask.v1.ClassScore\"\x13\n\x11ListModelsRequest\"\x98\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinput_height\x18\x02 \x01(\x05\x12\x13\n\x0binput_width\x18\x03 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12)\n\nstrategies\x18\x05 \x03(\x0e\x32\x15.layermask.v1.Masking\x12\x12\n\nis_default\x18\x06 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.layermask.v1.ModelInfo*l\n\x07Masking\x12\x17\n\x13MASKING_UNSPECIFIED\x10\x00\x12\x11\n\rMASKING_LAYER\x10\x01\x12\x10\n\x0cMASKING_GREY\x10\x02\x12\x11\n\rMASKING_BLACK\x10\x03\x12\x10\n\x0cMASKING_BLUR\x10\x04*d\n\rHeatmapFormat\x12\x17\n\x13HEATMAP_FORMAT_NONE\x10\x00\x12\x1e\n\x1aHEATMAP_FORMAT_PNG_OVERLAY\x10\x01\x12\x1a\n\x16HEATMAP_FORMAT_FLOAT16\x10\x02*]\n\x0bHeatmapView\x12\x1c\n\x18HEATMAP_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11HEATMAP_VIEW_CROP\x10\x01\x12\x19\n\x15HEATMAP_VIEW_ORIGINAL\x10\x02*_\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMETHOD_LIME\x10\x01\x12\x16\n\x12METHOD_KERNEL_SHAP\x10\x02\x12\x14\n\x10METHOD_OCCLUSION\x10\x03\x32\xbe\x02\n\x0e\x45xplainService\x12\x46\n\x07\x45xplain\x12\x1c.layermask.v1.ExplainRequest\x1a\x1d.layermask.v1.ExplainResponse\x12K\n\rExplainStream\x12\x1c.layermask.v1.ExplainRequest\x1a\x1a.layermask.v1.ExplainEvent0\x01\x12\x46\n\x07Predict\x12\x1c.layermask.v1.PredictRequest\x1a\x1d.layermask.v1.PredictResponse\x12O\n\nListModels\x12\x1f.layermask.v1.ListModelsRequest\x1a .layermask.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'layermask.v1.explain_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MASKING']._serialized_start=3002
-  _globals['_MASKING']._serialized_end=3110
-  _globals['_HEATMAPFORMAT']._serialized_start=3112
-  _globals['_HEATMAPFORMAT']._serialized_end=3212
-  _globals['_HEATMAPVIEW']._serialized_start=3214
-  _globals['_HEATMAPVIEW']._serialized_end=3307
+  _globals['_MASKING']._serialized_start=3476
+  _globals['_MASKING']._serialized_end=3584
+  _globals['_HEATMAPFORMAT']._serialized_start=3586
+  _globals['_HEATMAPFORMAT']._serialized_end=3686
+  _globals['_HEATMAPVIEW']._serialized_start=3688
+  _globals['_HEATMAPVIEW']._serialized_end=3781
+  _globals['_METHOD']._serialized_start=3783
+  _globals['_METHOD']._serialized_end=3878
   _globals['_QUICKSHIFT']._serialized_start=45
   _globals['_QUICKSHIFT']._serialized_end=195
   _globals['_SLIC']._serialized_start=197
@@ -49,38 +51,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELMAP']._serialized_end=534
   _globals['_SEGMENTATION']._serialized_start=537
   _globals['_SEGMENTATION']._serialized_end=778
-  _globals['_EXPLAINREQUEST']._serialized_start=781
-  _globals['_EXPLAINREQUEST']._serialized_end=1241
-  _globals['_CLASSSCORE']._serialized_start=1243
-  _globals['_CLASSSCORE']._serialized_end=1305
-  _globals['_LABELEXPLANATION']._serialized_start=1307
-  _globals['_LABELEXPLANATION']._serialized_end=1431
-  _globals['_SEGMENTS']._serialized_start=1433
-  _globals['_SEGMENTS']._serialized_end=1510
-  _globals['_HEATMAP']._serialized_start=1512
-  _globals['_HEATMAP']._serialized_end=1626
-  _globals['_STAGETIMINGS']._serialized_start=1628
-  _globals['_STAGETIMINGS']._serialized_end=1744
-  _globals['_EXPLAINRESPONSE']._serialized_start=1747
-  _globals['_EXPLAINRESPONSE']._serialized_end=2157
-  _globals['_PROGRESS']._serialized_start=2159
-  _globals['_PROGRESS']._serialized_end=2198
-  _globals['_EXPLAINEVENT']._serialized_start=2200
-  _globals['_EXPLAINEVENT']._serialized_end=2316
-  _globals['_PACKEDMASK']._serialized_start=2318
-  _globals['_PACKEDMASK']._serialized_end=2375
-  _globals['_SEGMENTKEEP']._serialized_start=2377
-  _globals['_SEGMENTKEEP']._serialized_end=2454
-  _globals['_PREDICTREQUEST']._serialized_start=2457
-  _globals['_PREDICTREQUEST']._serialized_end=2680
-  _globals['_PREDICTRESPONSE']._serialized_start=2682
-  _globals['_PREDICTRESPONSE']._serialized_end=2761
-  _globals['_LISTMODELSREQUEST']._serialized_start=2763
-  _globals['_LISTMODELSREQUEST']._serialized_end=2782
-  _globals['_MODELINFO']._serialized_start=2785
-  _globals['_MODELINFO']._serialized_end=2937
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2939
-  _globals['_LISTMODELSRESPONSE']._serialized_end=3000
-  _globals['_EXPLAINSERVICE']._serialized_start=3310
-  _globals['_EXPLAINSERVICE']._serialized_end=3628
+  _globals['_OCCLUSION']._serialized_start=780
+  _globals['_OCCLUSION']._serialized_end=855
+  _globals['_ADAPTIVE']._serialized_start=858
+  _globals['_ADAPTIVE']._serialized_end=1008
+  _globals['_EXPLAINREQUEST']._serialized_start=1011
+  _globals['_EXPLAINREQUEST']._serialized_end=1595
+  _globals['_CLASSSCORE']._serialized_start=1597
+  _globals['_CLASSSCORE']._serialized_end=1659
+  _globals['_LABELEXPLANATION']._serialized_start=1661
+  _globals['_LABELEXPLANATION']._serialized_end=1785
+  _globals['_SEGMENTS']._serialized_start=1787
+  _globals['_SEGMENTS']._serialized_end=1864
+  _globals['_HEATMAP']._serialized_start=1866
+  _globals['_HEATMAP']._serialized_end=1980
+  _globals['_STAGETIMINGS']._serialized_start=1982
+  _globals['_STAGETIMINGS']._serialized_end=2098
+  _globals['_EXPLAINRESPONSE']._serialized_start=2101
+  _globals['_EXPLAINRESPONSE']._serialized_end=2631
+  _globals['_PROGRESS']._serialized_start=2633
+  _globals['_PROGRESS']._serialized_end=2672
+  _globals['_EXPLAINEVENT']._serialized_start=2674
+  _globals['_EXPLAINEVENT']._serialized_end=2790
+  _globals['_PACKEDMASK']._serialized_start=2792
+  _globals['_PACKEDMASK']._serialized_end=2849
+  _globals['_SEGMENTKEEP']._serialized_start=2851
+  _globals['_SEGMENTKEEP']._serialized_end=2928
+  _globals['_PREDICTREQUEST']._serialized_start=2931
+  _globals['_PREDICTREQUEST']._serialized_end=3154
+  _globals['_PREDICTRESPONSE']._serialized_start=3156
+  _globals['_PREDICTRESPONSE']._serialized_end=3235
+  _globals['_LISTMODELSREQUEST']._serialized_start=3237
+  _globals['_LISTMODELSREQUEST']._serialized_end=3256
+  _globals['_MODELINFO']._serialized_start=3259
+  _globals['_MODELINFO']._serialized_end=3411
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3413
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3474
+  _globals['_EXPLAINSERVICE']._serialized_start=3881
+  _globals['_EXPLAINSERVICE']._serialized_end=4199
 # @@protoc_insertion_point(module_scope)

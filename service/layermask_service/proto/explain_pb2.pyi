@@ -26,6 +26,13 @@ class HeatmapView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEATMAP_VIEW_UNSPECIFIED: _ClassVar[HeatmapView]
     HEATMAP_VIEW_CROP: _ClassVar[HeatmapView]
     HEATMAP_VIEW_ORIGINAL: _ClassVar[HeatmapView]
+
+class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METHOD_UNSPECIFIED: _ClassVar[Method]
+    METHOD_LIME: _ClassVar[Method]
+    METHOD_KERNEL_SHAP: _ClassVar[Method]
+    METHOD_OCCLUSION: _ClassVar[Method]
 MASKING_UNSPECIFIED: Masking
 MASKING_LAYER: Masking
 MASKING_GREY: Masking
@@ -37,6 +44,10 @@ HEATMAP_FORMAT_FLOAT16: HeatmapFormat
 HEATMAP_VIEW_UNSPECIFIED: HeatmapView
 HEATMAP_VIEW_CROP: HeatmapView
 HEATMAP_VIEW_ORIGINAL: HeatmapView
+METHOD_UNSPECIFIED: Method
+METHOD_LIME: Method
+METHOD_KERNEL_SHAP: Method
+METHOD_OCCLUSION: Method
 
 class Quickshift(_message.Message):
     __slots__ = ("kernel_size", "max_dist", "ratio", "sigma")
@@ -100,8 +111,28 @@ class Segmentation(_message.Message):
     label_map: LabelMap
     def __init__(self, quickshift: _Optional[_Union[Quickshift, _Mapping]] = ..., slic: _Optional[_Union[Slic, _Mapping]] = ..., felzenszwalb: _Optional[_Union[Felzenszwalb, _Mapping]] = ..., grid: _Optional[_Union[Grid, _Mapping]] = ..., label_map: _Optional[_Union[LabelMap, _Mapping]] = ...) -> None: ...
 
+class Occlusion(_message.Message):
+    __slots__ = ("window", "stride")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    stride: int
+    def __init__(self, window: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class Adaptive(_message.Message):
+    __slots__ = ("tolerance", "top_k", "batch", "max_samples")
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    tolerance: float
+    top_k: int
+    batch: int
+    max_samples: int
+    def __init__(self, tolerance: _Optional[float] = ..., top_k: _Optional[int] = ..., batch: _Optional[int] = ..., max_samples: _Optional[int] = ...) -> None: ...
+
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "image", "masking", "segmentation", "num_samples", "keep_probability", "kernel_width", "seed", "labels", "top_labels", "heatmap_format", "heatmap_view")
+    __slots__ = ("model", "image", "masking", "segmentation", "num_samples", "keep_probability", "kernel_width", "seed", "labels", "top_labels", "heatmap_format", "heatmap_view", "method", "occlusion", "adaptive")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASKING_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +145,9 @@ class ExplainRequest(_message.Message):
     TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_FORMAT_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_VIEW_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     masking: Masking
@@ -126,7 +160,10 @@ class ExplainRequest(_message.Message):
     top_labels: int
     heatmap_format: HeatmapFormat
     heatmap_view: HeatmapView
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., top_labels: _Optional[int] = ..., heatmap_format: _Optional[_Union[HeatmapFormat, str]] = ..., heatmap_view: _Optional[_Union[HeatmapView, str]] = ...) -> None: ...
+    method: Method
+    occlusion: Occlusion
+    adaptive: Adaptive
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., top_labels: _Optional[int] = ..., heatmap_format: _Optional[_Union[HeatmapFormat, str]] = ..., heatmap_view: _Optional[_Union[HeatmapView, str]] = ..., method: _Optional[_Union[Method, str]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., adaptive: _Optional[_Union[Adaptive, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "name", "probability")
@@ -193,7 +230,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_seconds: _Optional[float] = ..., segmentation_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., fit_seconds: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "masking", "segmentation", "seed", "num_samples", "keep_probability", "kernel_width", "segments", "explanations", "top_predictions", "heatmaps", "timings")
+    __slots__ = ("model", "masking", "segmentation", "seed", "num_samples", "keep_probability", "kernel_width", "segments", "explanations", "top_predictions", "heatmaps", "timings", "method", "converged", "occlusion")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MASKING_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +243,9 @@ class ExplainResponse(_message.Message):
     TOP_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     masking: Masking
     segmentation: str
@@ -218,7 +258,10 @@ class ExplainResponse(_message.Message):
     top_predictions: _containers.RepeatedCompositeFieldContainer[ClassScore]
     heatmaps: _containers.RepeatedCompositeFieldContainer[Heatmap]
     timings: StageTimings
-    def __init__(self, model: _Optional[str] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[str] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., segments: _Optional[_Union[Segments, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[LabelExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
+    method: Method
+    converged: bool
+    occlusion: Occlusion
+    def __init__(self, model: _Optional[str] = ..., masking: _Optional[_Union[Masking, str]] = ..., segmentation: _Optional[str] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., keep_probability: _Optional[float] = ..., kernel_width: _Optional[float] = ..., segments: _Optional[_Union[Segments, _Mapping]] = ..., explanations: _Optional[_Iterable[_Union[LabelExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., converged: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("done", "total")

@@ -60,7 +60,7 @@ class ExplainServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Explain(self, request, context):
-        """A full LIME explanation of one image.
+        """A full explanation of one image.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

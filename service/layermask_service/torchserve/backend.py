@@ -78,9 +78,12 @@ class TorchServeBackend(Backend):
     def _describe(self, name: str) -> LoadedModel:
         payload = self._predictions(name, "model_info", bpb.ModelInfoRequest().SerializeToString(),
                                     self.settings.torchserve_timeout)
-        model = described_model(bpb.ModelDescription.FromString(payload))
+        description = bpb.ModelDescription.FromString(payload)
+        model = described_model(description)
         if model.name != name:
             raise BackendUnavailable(f"TorchServe's model {name!r} serves layermask model {model.name!r}")
+        if description.weights_digest:
+            self.digests[name] = description.weights_digest
         return model
 
     def load(self) -> None:

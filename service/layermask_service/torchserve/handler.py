@@ -8,8 +8,10 @@ requests share forward passes of at most ``max_rows_per_forward`` rows:
 - ``masked_batch`` (a ``MaskedBatchRequest``, what the service's TorchServe backend sends):
   class probabilities per row, as a ``MaskedBatchResponse``;
 - ``model_info``: the served model's ``ModelDescription``;
-- ``/explanations`` (or a JSON ``ExplainRequest`` on ``/predictions``): a full layer-masked LIME
-  explanation as the JSON form of ``ExplainResponse``;
+- ``/explanations`` (or a JSON ``ExplainRequest`` on ``/predictions``): a full layer-masked
+  explanation (LIME, KernelSHAP or occlusion: ``"method"``) as the JSON form of ``ExplainResponse``;
+  the request may also say ``"num_samples": "auto"`` and name methods as the Python API does
+  (:func:`~layermask_service.translate.explain_request_from_json`);
 - a bare image on ``/predictions``: its top five classes as JSON.
 
 A bad request gets its own 4xx status and a JSON error naming the field; the rest of the batch
@@ -43,8 +45,10 @@ from layermask.masking.strategies import cached_masker
 from layermask.models.registry import LoadedModel, load_model
 from layermask.onnx.runtime import PREFERRED_PROVIDERS, load_onnx_model
 from layermask_service.errors import InvalidArgument, report_internal_error
+from layermask_service.methods import check_occlusion_rows
 from layermask_service.proto import backend_pb2 as bpb
 from layermask_service.proto import explain_pb2 as pb
+from layermask_service.result_cache import weights_digest
 from layermask_service.settings import MAX_SAMPLES
 from layermask_service.torchserve.context_cache import (
     DEFAULT_CACHE_ENTRIES,
@@ -53,7 +57,13 @@ from layermask_service.torchserve.context_cache import (
     UnknownContext,
 )
 from layermask_service.torchserve.messages import masked_batch_response, model_description, scoring_job
-from layermask_service.translate import HeatmapChoice, explain_job, explain_response, image_from
+from layermask_service.translate import (
+    HeatmapChoice,
+    explain_job,
+    explain_request_from_json,
+    explain_response,
+    image_from,
+)
 
 log = logging.getLogger(__name__)
 TOP_PREDICTIONS = 5
@@ -84,6 +94,7 @@ class LayerMaskHandler:
 
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
+        self.weights_digest = ""
         self.max_rows = 64
         self.max_samples = MAX_SAMPLES
         self.contexts = ContextCache()  # images and segments of recent explanations, by digest
@@ -107,6 +118,7 @@ class LayerMaskHandler:
         else:
             device = torchserve_device(gpu_id, torch.cuda.is_available())
             self.model = load_model(settings["model"], weights).to(device)
+        self.weights_digest = weights_digest(self.model)  # for the service's result cache (model_info)
         cached_masker("layer", self.model)  # convert once, at load
         self.max_rows = int(settings.get("max_rows_per_forward", self.max_rows))
         self.max_samples = int(settings.get("max_samples", self.max_samples))
@@ -125,7 +137,7 @@ class LayerMaskHandler:
                 request = bpb.MaskedBatchRequest.FromString(bytes(item["masked_batch"]))
                 return self.Scoring(scoring_job(request, self.model, self.contexts), predict=False)
             if "model_info" in item:
-                return model_description(self.model).SerializeToString()
+                return model_description(self.model, self.weights_digest).SerializeToString()
             payload = item.get("body", item.get("data"))
             explain = context.get_request_header(index, "explain") == "True"
             if isinstance(payload, dict) or explain:
@@ -148,7 +160,7 @@ class LayerMaskHandler:
         assert self.model is not None
         started = time.perf_counter()
         if isinstance(payload, dict):
-            request = json_format.ParseDict(payload, pb.ExplainRequest())
+            request = explain_request_from_json(payload)
         elif isinstance(payload, bytes | bytearray):
             request = pb.ExplainRequest(image=bytes(payload))
         else:
@@ -156,6 +168,7 @@ class LayerMaskHandler:
         if request.model and request.model != self.model.name:
             return self.Failure(404, f"model: this handler serves {self.model.name!r}, not {request.model!r}")
         job = explain_job(request, self.model.name, self.max_samples)
+        check_occlusion_rows(job.options, self.model.input_size, self.max_samples)
         try:
             plan = plan_explanation(self.model, job.image, job.options)
         except InvalidOptionError as error:

@@ -168,12 +168,12 @@ def probabilities_from(response: bpb.MaskedBatchResponse, rows: int, columns: in
 _PREPROCESSING_FIELDS = tuple(f.name for f in dataclasses.fields(Preprocessing) if f.name != "input_size")
 
 
-def model_description(model: LoadedModel) -> bpb.ModelDescription:
+def model_description(model: LoadedModel, weights_digest: str = "") -> bpb.ModelDescription:
     preprocessing = model.preprocessing.to_dict()
     height, width = preprocessing.pop("input_size")
     return bpb.ModelDescription(
         name=model.name, format=model.format, input_height=height, input_width=width, class_names=model.class_names,
-        strategies=[MASKING_ENUMS[s] for s in MASKING_STRATEGIES], **preprocessing,
+        strategies=[MASKING_ENUMS[s] for s in MASKING_STRATEGIES], weights_digest=weights_digest, **preprocessing,
     )
 
 
