@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install java system-packages deploy-tools image image-lock run run-torchserve demo test lint bench stubs clean
+.PHONY: install java system-packages deploy-tools image image-lock run run-torchserve demo evidence test lint bench stubs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ run-torchserve: $(INSTALLED) java
 
 demo: $(INSTALLED)
 	$(BIN)/layermask demo --output demo.png
+
+# The evidence reports (issue #13): the full `layermask evaluate` for each model into
+# docs/evidence/MODEL/, then the index docs/evidence/README.md. Each run takes an hour or more on
+# 2 cores; finished sections are cached in docs/evidence/MODEL/.cache, so an interrupted run resumes.
+EVIDENCE_MODELS ?= efficientnet_lite0 efficientnet_lite2
+evidence: $(INSTALLED)
+	for model in $(EVIDENCE_MODELS); do \
+	  $(BIN)/layermask evaluate --model $$model -o docs/evidence/$$model || exit 1; done
+	$(BIN)/python -m layermask.evaluation.report docs/evidence
 
 # The container image (Dockerfile): the wheelhouse from deploy/image/requirements.lock (hashes
 # checked) plus the project's wheel, then a build that reaches no index. BASE_IMAGE defaults to

@@ -1,4 +1,4 @@
-"""The ``layermask`` command line of the core library (``explain`` and ``demo``).
+"""The ``layermask`` command line of the core library (``explain``, ``export-onnx``, ``demo``, ``evaluate``).
 
 The installed ``layermask`` command adds the service's commands to these
 (``layermask_service.cli``); ``python -m layermask`` runs the core alone.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from layermask.allocator import keep_freed_memory
+from layermask.cli.evaluate import add_evaluate_command, run_evaluate
 from layermask.cli.explain import add_explain_command, run_explain
 from layermask.errors import UnsupportedLayerError
 from layermask.models.registry import DEFAULT_MODEL
@@ -42,6 +43,7 @@ def build_parser_with_commands() -> tuple[argparse.ArgumentParser, Any]:
     demo.add_argument("--model", default=DEFAULT_MODEL)
     demo.add_argument("-o", "--output", type=Path, default=Path("demo.png"))
     demo.add_argument("--seed", type=int, default=0)
+    add_evaluate_command(commands)
     return parser, commands
 
 
@@ -74,7 +76,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    commands = {"explain": run_explain, "demo": _run_demo, "export-onnx": _run_export}
+    commands = {"explain": run_explain, "demo": _run_demo, "export-onnx": _run_export, "evaluate": run_evaluate}
     keep_freed_memory()
     return guarded(commands[args.command], args)
 
