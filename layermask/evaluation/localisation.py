@@ -4,11 +4,13 @@ On each composite (:mod:`layermask.evaluation.composites`) LIME explains the mod
 object with every strategy, on the same keep-matrix rows for all strategies (one matrix per
 composite and segmentation), with three segmentations. The weights are scored against the pasted
 region by the metric functions below; each is averaged over the composites with a percentile
-bootstrap interval.
+bootstrap interval. Each composite's scores are kept in ``<output>/.cache/`` as soon as they are
+computed, so an interrupted run (the full one takes hours on two cores) resumes at the next composite.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -153,14 +155,39 @@ def score_composite(model: LoadedModel, composite: Composite, index: int,
     return scores, {name: len(truth) for name, truth in zip(SEGMENTATIONS, truths)}
 
 
+Scores = dict[tuple[str, str, str], float]
+
+
+def _load_checkpoint(path: Path) -> tuple[Scores, dict[str, int]] | None:
+    try:
+        data = json.loads(path.read_text())
+        return {(m, n, s): float(v) for m, n, s, v in data["scores"]}, {k: int(v) for k, v in data["segments"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_checkpoint(path: Path, scores: Scores, segment_count: dict[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"scores": [[*key, value] for key, value in scores.items()],
+                                     "segments": segment_count}))
+    temporary.replace(path)
+
+
 def run(model: LoadedModel, settings: EvaluationSettings, output: Path,
         progress: Callable[[str], None] | None = None) -> Section:
     """Experiment 3 on ``model``: tables and a bar plot of every metric per strategy and segmentation."""
     started = time.perf_counter()
     built = composites_for(model, settings, progress)
+    checkpoints = output / ".cache" / f"localisation-{settings.digest(model.name, 'localisation-composite')}"
     per_composite, counts = [], []
     for index, composite in enumerate(built.composites):
-        scores, segment_count = score_composite(model, composite, index, settings)
+        checkpoint = checkpoints / f"composite-{index}.json"
+        stored = _load_checkpoint(checkpoint)
+        if stored is None:
+            stored = score_composite(model, composite, index, settings)
+            _store_checkpoint(checkpoint, *stored)
+        scores, segment_count = stored
         per_composite.append(scores)
         counts.append(segment_count)
         if progress is not None:

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import platform
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,8 @@ def write_report(model_name: str, settings: EvaluationSettings, output: Path, *,
     """Run (or resume) every section for ``model_name`` and write the report into ``output``; returns README.md."""
     say = progress or (lambda _: None)
     model = load_model(model_name)
+    if fresh:
+        shutil.rmtree(output / ".cache", ignore_errors=True)  # sections and the composites checkpointed in them
     output.mkdir(parents=True, exist_ok=True)
     sections: dict[str, Section] = {}
     seconds: dict[str, float] = {}

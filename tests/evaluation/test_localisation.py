@@ -128,3 +128,14 @@ def test_quick_localisation_run_on_lite0(default_model: layermask.LoadedModel, t
                 lowest = -1.0 if metric == "cosine" else 0.0
                 assert lowest <= interval["low"] <= interval["mean"] <= interval["high"] <= 1.0
     assert "| layer |" in section.markdown and all(f.name in section.markdown for f in section.figures)
+
+
+def test_composite_checkpoints_round_trip_and_ignore_damaged_files(tmp_path: Path) -> None:
+    scores = {("cosine", "slic 250", "layer"): 0.25, ("ablation_grey", "grid 16×16", "blur"): 1.0}
+    path = tmp_path / "localisation-x" / "composite-3.json"
+    localisation._store_checkpoint(path, scores, {"slic 250": 212})
+    assert localisation._load_checkpoint(path) == (scores, {"slic 250": 212})
+    assert not list(path.parent.glob("*.tmp"))
+    path.write_text('{"scores": [["cosine", "slic 250"')  # a run killed mid-write by an older version
+    assert localisation._load_checkpoint(path) is None
+    assert localisation._load_checkpoint(tmp_path / "missing.json") is None
