@@ -16,7 +16,8 @@ Summaries = Mapping[str, Mapping[str, Any]]
 
 def discussion(settings: EvaluationSettings, summaries: Summaries) -> str:
     """The discussion paragraphs for the sections present in ``summaries`` (keyed as in the report)."""
-    paragraphs = ["*Generated from this run's numbers; the lead adds a written discussion after the full runs.*"]
+    paragraphs = ["*Generated from this run's numbers. The written discussion of the reports committed with layermask "
+                  "is `docs/evidence/discussion.md` in its repository.*"]
     if "influence" in summaries:
         paragraphs.append(_influence(summaries["influence"]))
     if "patch_removal" in summaries:

@@ -165,6 +165,9 @@ def write_index(root: Path) -> Path:
         quick = " (quick)" if report["settings"]["quick"] else ""
         lines.append(f"| `{report['model']}`{quick} | [{summary_file.parent.name}/README.md]"
                      f"({summary_file.parent.name}/README.md) | {minutes:.0f} min | {rates} |")
+    if (root / "discussion.md").is_file():
+        lines += ["", "What the numbers show, where layer masking wins and where it does not, and the limits of "
+                      "this evaluation: [discussion.md](discussion.md)."]
     index = root / "README.md"
     index.write_text("\n".join(lines) + "\n")
     return index
