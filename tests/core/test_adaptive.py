@@ -8,8 +8,7 @@ import pytest
 import layermask
 from layermask.explanation.adaptive import cosine, settled, top_set
 from layermask.explanation.lime import explain_many, plan_explanation
-from layermask.models.preprocessing import Preprocessing
-from tests.helpers.tiny_model import tiny_model as tiny_classifier
+from tests.helpers.tiny_model import noisy_ramp, tiny_model_at
 
 SIZE = 64
 GRID = {"segmentation": "grid", "segmentation_params": {"patch_size": 16}}  # 16 segments
@@ -17,14 +16,12 @@ GRID = {"segmentation": "grid", "segmentation_params": {"patch_size": 16}}  # 16
 
 @pytest.fixture(scope="module")
 def tiny_model() -> layermask.LoadedModel:
-    return tiny_classifier(Preprocessing(input_size=(SIZE, SIZE), resize_size=SIZE, mean=(0.5,) * 3, std=(0.5,) * 3))
+    return tiny_model_at(SIZE)
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    rng = np.random.default_rng(3)
-    ramp = np.linspace(0, 255, SIZE)[None, :, None] * np.linspace(0.3, 1.0, SIZE)[:, None, None]
-    return np.clip(ramp + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return noisy_ramp(SIZE)
 
 
 @pytest.mark.parametrize("method", ["lime", "kernel_shap"])

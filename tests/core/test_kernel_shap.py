@@ -11,23 +11,19 @@ import pytest
 import layermask
 from layermask.explanation.kernel_shap import enumerate_coalitions, sample_coalitions, shapley_kernel
 from layermask.explanation.scoring import ScoringJob, score_jobs
-from layermask.models.preprocessing import Preprocessing
-from tests.helpers.tiny_model import tiny_model as tiny_classifier
+from tests.helpers.tiny_model import noisy_ramp, tiny_model_at
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> layermask.LoadedModel:
-    return tiny_classifier(Preprocessing(input_size=(SIZE, SIZE), resize_size=SIZE, mean=(0.5,) * 3, std=(0.5,) * 3))
+    return tiny_model_at(SIZE)
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    """Brightness varying across the image, so that every segment matters differently."""
-    rng = np.random.default_rng(3)
-    ramp = np.linspace(0, 255, SIZE)[None, :, None] * np.linspace(0.3, 1.0, SIZE)[:, None, None]
-    return np.clip(ramp + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return noisy_ramp(SIZE)
 
 
 def _blocks(per_side: int) -> np.ndarray:

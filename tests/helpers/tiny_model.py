@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,3 +31,16 @@ def tiny_model(preprocessing: Preprocessing | None = None) -> layermask.LoadedMo
     """The classifier with ImageNet's 256 → 224 preprocessing unless told otherwise."""
     return layermask.LoadedModel("tiny", BrightnessClassifier().eval(), preprocessing or Preprocessing(),
                                  ["bright", "middle", "dark"])
+
+
+def tiny_model_at(size: int) -> layermask.LoadedModel:
+    """The classifier taking a ``size``×``size`` input as it is (no resize, no crop), normalised to [-1, 1]."""
+    return tiny_model(Preprocessing(input_size=(size, size), resize_size=size, mean=(0.5,) * 3, std=(0.5,) * 3))
+
+
+def noisy_ramp(size: int, seed: int = 3) -> np.ndarray:
+    """A ``size``² RGB photo whose brightness varies across it, with noise, so that every segment matters
+    differently to the classifier."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size)[None, :, None] * np.linspace(0.3, 1.0, size)[:, None, None]
+    return np.clip(ramp + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
