@@ -30,6 +30,7 @@ import torch
 
 import layermask
 from layermask.allocator import keep_freed_memory
+from layermask.explanation.adaptive import cosine
 
 REFERENCE_SEED = 1_000_003
 
@@ -44,11 +45,6 @@ def _photos() -> dict[str, Callable[[], np.ndarray]]:
     return {"chelsea": data.chelsea, "coffee": data.coffee, "astronaut": data.astronaut, "rocket": data.rocket,
             "china": sample(0), "flower": sample(1), "motorcycle": lambda: data.stereo_motorcycle()[0],
             "hubble": data.hubble_deep_field, "immunohistochemistry": data.immunohistochemistry}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    denominator = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / denominator if denominator > 0 else float("nan")
 
 
 def _timed(model: layermask.LoadedModel, photo: np.ndarray, **options: object) -> tuple[layermask.Explanation, float]:
